@@ -13,7 +13,12 @@ export type BackwardFn = (grad: Tensor, saved: Tensor[]) => (Tensor | null | und
 
 export class GradNode {
   private saved: Tensor[];
+  /** Spent: saved tensors freed (after backward, or when nothing references the node). */
   private released = false;
+  /** Owners: the output tensor's handle plus every downstream node that reads it. */
+  private refs = 1;
+  /** The nodes that produced each input (null for leaves and constants), each retained. */
+  readonly parents: (GradNode | null)[];
   constructor(
     readonly op: string,
     readonly inputs: Tensor[],
@@ -21,11 +26,25 @@ export class GradNode {
     readonly backwardFn: BackwardFn,
   ) {
     this.saved = saved;
+    this.parents = inputs.map((t) => {
+      t.node?.retain();
+      return t.node;
+    });
   }
   get savedTensors(): Tensor[] {
     if (this.released) throw new Error(`backward through ${this.op} twice: its graph was already released`);
     return this.saved;
   }
+  retain(): void {
+    this.refs++;
+  }
+  /** Drops one owner; the last one frees the saved tensors and lets go of the parents. */
+  unref(): void {
+    if (--this.refs > 0) return;
+    this.release();
+    for (const p of this.parents) p?.unref();
+  }
+  /** Frees the saved tensors now (backward has used them). */
   release(): void {
     if (this.released) return;
     this.released = true;
@@ -96,49 +115,41 @@ export function backward(root: Tensor, grad?: Tensor): void {
   const { add, onesLike } = gradHooks;
   if (!add || !onesLike) throw new Error('autograd hooks not installed: import the runtime through runtime/index.ts');
 
-  // Topological order of tensors that carry nodes.
-  const order: Tensor[] = [];
-  const seen = new Set<Tensor>();
-  const stack: [Tensor, number][] = [[root, 0]];
-  seen.add(root);
+  // Gradients are keyed by the node that produced a tensor, or by the leaf tensor itself,
+  // so disposing an intermediate handle never cuts the path (the node holds its parents).
+  type Key = GradNode | Tensor;
+  const keyOf = (node: GradNode, j: number): Key | null => node.parents[j] ?? (node.inputs[j].requiresGrad ? node.inputs[j] : null);
+
+  // Topological order of nodes reachable from the root.
+  const order: GradNode[] = [];
+  const seen = new Set<GradNode>([root.node]);
+  const stack: [GradNode, number][] = [[root.node, 0]];
   while (stack.length) {
     const top = stack[stack.length - 1];
-    const [t, i] = top;
-    const inputs = t.node ? t.node.inputs : [];
-    if (i < inputs.length) {
+    const [n, i] = top;
+    if (i < n.parents.length) {
       top[1]++;
-      const c = inputs[i];
-      if (c.requiresGrad && !seen.has(c)) {
-        seen.add(c);
-        stack.push([c, 0]);
+      const p = n.parents[i];
+      if (p && !seen.has(p)) {
+        seen.add(p);
+        stack.push([p, 0]);
       }
     } else {
       stack.pop();
-      order.push(t);
+      order.push(n);
     }
   }
 
   const prev = gradEnabled;
   gradEnabled = false;
-  const grads = new Map<Tensor, Tensor>();
+  const grads = new Map<Key, Tensor>();
   try {
-    grads.set(root, grad ? detach(grad) : onesLike(root));
+    grads.set(root.node, grad ? detach(grad) : onesLike(root));
     for (let k = order.length - 1; k >= 0; k--) {
-      const t = order[k];
-      const g = grads.get(t);
+      const node = order[k];
+      const g = grads.get(node);
       if (!g) continue;
-      grads.delete(t);
-      if (!t.node) {
-        // A leaf: accumulate into .grad, which outlives every scope.
-        if (t.grad) {
-          const sum = add(t.grad, g);
-          t.grad.dispose();
-          g.dispose();
-          t.grad = keep(sum);
-        } else t.grad = keep(g);
-        continue;
-      }
-      const node = t.node;
+      grads.delete(node);
       // A rule may pass `g` through or return one tensor twice: give each slot its own handle.
       const used = new Set<Tensor>([g]);
       const gi = node.backwardFn(g, node.savedTensors).map((x) => {
@@ -151,22 +162,34 @@ export function backward(root: Tensor, grad?: Tensor): void {
       node.inputs.forEach((inp, j) => {
         const gj = gi[j];
         if (!gj) return;
-        if (!inp.requiresGrad) {
+        const key = keyOf(node, j);
+        if (!key) {
           gj.dispose();
           return;
         }
         if (gj.shape.length !== inp.shape.length || gj.shape.some((d, q) => d !== inp.shape[q])) {
           throw new Error(`backward of ${node.op}: gradient ${shapeStr(gj.shape)} for input ${j} of shape ${shapeStr(inp.shape)}`);
         }
-        const prevG = grads.get(inp);
+        const prevG = grads.get(key);
         if (prevG) {
-          grads.set(inp, add(prevG, gj));
+          grads.set(key, add(prevG, gj));
           prevG.dispose();
           gj.dispose();
-        } else grads.set(inp, gj);
+        } else grads.set(key, gj);
       });
       node.release();
-      t.node = null;
+    }
+    // What is left are the leaves: accumulate into .grad, which outlives every scope.
+    for (const [key, g] of grads) {
+      if (key instanceof GradNode) continue;
+      const t = key;
+      grads.delete(key);
+      if (t.grad) {
+        const sum = add(t.grad, g);
+        t.grad.dispose();
+        g.dispose();
+        t.grad = keep(sum);
+      } else t.grad = keep(g);
     }
   } finally {
     gradEnabled = prev;

@@ -134,7 +134,9 @@ export class Engine {
   }
 
   private uniformSlice(params: Params): { buffer: GPUBuffer; offset: number; size: number } {
-    const size = Math.max(16, Math.ceil((params.length * 4) / 16) * 16);
+    // Bind at least 256 bytes (slices are 256-aligned anyway) so a shader whose params
+    // array is longer than the words an op wrote still validates.
+    const size = Math.max(ALIGN, Math.ceil((params.length * 4) / 16) * 16);
     let c = this.chunks[this.chunkIndex];
     if (c && c.used + size > CHUNK) {
       this.chunkIndex++;

@@ -10,6 +10,7 @@ export { Params, getEngine, type Engine } from './engine.ts';
 export * from './dtype.ts';
 export { Tensor, empty, fromArray, scalar, numel, shapeStr } from './tensor.ts';
 export { tidy, tidyAsync, keep } from './scope.ts';
+export * from './random.ts';
 export { backward, noGrad, detach, requireGrad, isGradEnabled } from './autograd.ts';
 export * from './ops/copy.ts';
 export * from './ops/elementwise.ts';

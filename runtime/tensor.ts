@@ -6,7 +6,7 @@
 // whatever a block created and did not return.
 import { type GpuBuf } from './pool.ts';
 import { getEngine } from './engine.ts';
-import { type DType, bytesFor, f16ToF32, f32ToF16, hostArrayFor } from './dtype.ts';
+import { type DType, bytesFor, elementBytes, f16ToF32, f32ToF16, hostArrayFor } from './dtype.ts';
 import { TENSOR_BRAND, registerInScope } from './scope.ts';
 import type { GradNode } from './autograd.ts';
 
@@ -115,7 +115,7 @@ export class Tensor {
     this._storage.release();
     this._storage = null;
     if (this.node) {
-      this.node.release();
+      this.node.unref();
       this.node = null;
     }
     if (this.grad) {
@@ -129,8 +129,9 @@ export class Tensor {
     const { contiguous } = await import('./ops/copy.ts');
     const src = this.isContiguous() ? this : contiguous(this);
     try {
-      const bytes = bytesFor(src.dtype, src.size);
-      const start = bytesFor(src.dtype, src.offset);
+      // Exact byte counts (bytesFor rounds up to 4, which is wrong for an odd f16 offset).
+      const bytes = elementBytes(src.dtype) * src.size;
+      const start = elementBytes(src.dtype) * src.offset;
       // Copies must start at a multiple of 4 bytes: an odd f16 offset reads one earlier element.
       const aligned = start - (start % 4);
       const raw = await getEngine().read(src.buf, aligned, bytes + (start - aligned));

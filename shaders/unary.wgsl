@@ -4,6 +4,7 @@
 // Params (u32 words): 0 n, 1 rank (0 = input contiguous from its offset),
 //   2 input offset, 3 unused, 4..9 shape, 10..15 input strides,
 //   16, 17 scalar arguments a0, a1 (f32 bits) for ops like pow, clamp, scale.
+// OP may call ipow(x, e) (integer powers, below).
 // Workgroup: 256 invocations, each computes one output element; 2D grid for large n.
 {{ENABLE}}
 @group(0) @binding(0) var<uniform> P: array<vec4<u32>, 5>;
@@ -24,6 +25,24 @@ fn srcIndex(i: u32) -> u32 {
     rem /= dim;
   }
   return off;
+}
+
+// x ** e for an integer-valued e by repeated squaring (no log/exp): right sign for negative x,
+// x ** 0 == 1, 1 / x first for negative e.
+fn ipow(x: f32, e: f32) -> f32 {
+  var n = i32(e);
+  var b = x;
+  if (n < 0) {
+    b = 1.0 / x;
+    n = -n;
+  }
+  var r = 1.0;
+  while (n != 0) {
+    if ((n & 1) == 1) { r *= b; }
+    n >>= 1u;
+    if (n != 0) { b *= b; }
+  }
+  return r;
 }
 
 @compute @workgroup_size(256)

@@ -32,11 +32,11 @@ export function unaryKernel(x: Tensor, op: string, label: string, outDType: DTyp
   return y;
 }
 
-/** A contiguous copy of x, or x itself when it is already contiguous from offset 0. */
+/** A contiguous copy of x, or a view of x when it is already contiguous from offset 0. */
 export function contiguous(x: Tensor): Tensor {
-  if (x.isContiguous() && x.offset === 0) return x.view(x.shape);
-  const y = unaryKernel(x, 'x', 'contiguous');
-  return record(y, 'contiguous', [x], (g) => [g.view(g.shape)]);
+  // The view case records too: otherwise a contiguous input would silently leave the graph.
+  const y = x.isContiguous() && x.offset === 0 ? x.view(x.shape) : unaryKernel(x, 'x', 'contiguous');
+  return record(y, 'contiguous', [x], (g) => [g]);
 }
 
 /** Converts to another dtype (float <-> int truncates toward zero). */

@@ -187,12 +187,15 @@ export function mulScalar(x: Tensor, s: number): Tensor {
   return record(y, 'mulScalar', [x], (g) => [mulScalar(g, s)]);
 }
 
+/**
+ * x ** p. Integer p (|p| <= 2^24) uses repeated squaring (ipow in unary.wgsl): correct for
+ * any sign of x, x ** 0 == 1 even at 0, and as accurate as a few multiplies.
+ * Other p use WGSL pow, defined for x >= 0 only.
+ */
 export function powScalar(x: Tensor, p: number): Tensor {
   assertFloat('powScalar', 'x', x);
-  // pow() in WGSL is undefined for negative bases; odd/even integer exponents are handled by sign.
-  const expr = Number.isInteger(p)
-    ? `select(1.0, sign(x), (i32(a0) & 1) == 1) * pow(abs(x), a0)`
-    : 'pow(x, a0)';
+  // WGSL pow(x, e) is exp2(e * log2(x)): NaN for x < 0, inexact for integer e, pow(0, 0) = 0 on lavapipe.
+  const expr = Number.isInteger(p) && Math.abs(p) <= 2 ** 24 ? 'ipow(x, a0)' : 'pow(x, a0)';
   const y = unaryKernel(x, expr, 'powScalar', x.dtype, p);
   return record(
     y,
@@ -248,14 +251,20 @@ export const silu = unary('silu', 'x / (1.0 + exp(-x))', (x, y, g) =>
   chain(g, x, y, '(1.0 / (1.0 + exp(-X))) * (1.0 + X * (1.0 - 1.0 / (1.0 + exp(-X))))', 'silu backward'),
 );
 export const relu = unary('relu', 'max(x, 0.0)', (x, y, g) => chain(g, x, y, 'select(0.0, 1.0, X > 0.0)', 'relu backward'));
-// GELU, tanh approximation (as in GPT-2 and Qwen's vision merger).
-const GELU = '0.5 * x * (1.0 + tanh(clamp(0.7978845608 * (x + 0.044715 * x * x * x), -20.0, 20.0)))';
+// GELU, tanh approximation (as in GPT-2 and Qwen's vision merger):
+//   0.5 x (1 + tanh(u)), u = 0.7978845608 (x + 0.044715 x^3),
+// written with 0.5 (1 + tanh(u)) = sigmoid(2u) and 1 - tanh(u)^2 = 4 sigmoid(2u) sigmoid(-2u),
+// which keep full relative accuracy in the tails (1 - t * t cancels to 0 in f32 for |u| > ~9).
+// 2u is clamped to +-80 so exp() never overflows; beyond that the terms are below 1e-34.
+const GELU = 'x / (1.0 + exp(-clamp(1.5957691216 * (x + 0.044715 * x * x * x), -80.0, 80.0)))';
+const GELU_2U = 'clamp(1.5957691216 * (X + 0.044715 * X * X * X), -80.0, 80.0)';
+// d/dx = s + 2 x s r u' = s (1 + x r (2u')), s = sigmoid(2u), r = sigmoid(-2u), 2u' = 1.5957691216 (1 + 0.134145 x^2).
 export const gelu = unary('gelu', GELU, (x, y, g) =>
   chain(
     g,
     x,
     y,
-    '0.5 * (1.0 + tanh(clamp(0.7978845608 * (X + 0.044715 * X * X * X), -20.0, 20.0))) + 0.5 * X * (1.0 - pow(tanh(clamp(0.7978845608 * (X + 0.044715 * X * X * X), -20.0, 20.0)), 2.0)) * 0.7978845608 * (1.0 + 0.134145 * X * X)',
+    `(1.0 / (1.0 + exp(-${GELU_2U}))) * (1.0 + X * (1.0 / (1.0 + exp(${GELU_2U}))) * 1.5957691216 * (1.0 + 0.134145 * X * X))`,
     'gelu backward',
   ),
 );

@@ -1,2 +1,347 @@
-// (being written)
-export {};
+// Matrix multiply and linear, forward and backward side by side.
+//
+// matmul(a, b): a [..., M, K] (or [..., K, M] with transposeA) times b [..., K, N] (or
+// [..., N, K] with transposeB) -> [..., M, N], batch dims broadcast numpy-style.
+// Operands are read in place through their strides: a transpose flag only swaps which
+// stride belongs to which axis, so backward (dA = g B^T, dB = A^T g) needs no transposes.
+// A view whose last two dims both lack a unit stride is copied first.
+//
+// Kernels: each invocation keeps a register tile; none uses workgroup memory.
+// - shaders/matmul_sg.wgsl / matmul_sg_scalar.wgsl, for CPU adapters (lavapipe), where a
+//   storage load costs per lane and element: a workgroup shares its rows, and a subgroup
+//   splits the loads of A among its lanes and passes them around with subgroupShuffle.
+// - shaders/matmul_vec4.wgsl / matmul_scalar.wgsl, for other adapters: 2D workgroups.
+// The vec4 forms (sg, vec4) need each operand's unit-stride axis to be a multiple of 4 long,
+// with 4-aligned offsets and other strides; the scalar forms take any layout and f16.
+// Measurements and the reasons behind each choice: bench/matmul-log.md.
+import { Params, getEngine } from '../engine.ts';
+import { Tensor, empty, shapeStr } from '../tensor.ts';
+import { noGrad, record } from '../autograd.ts';
+import { contiguous } from './copy.ts';
+import { sumTo } from './reduce.ts';
+import { assertFloat, checkF16, collapseDims, enableFor, padTo } from './util.ts';
+
+interface Variant {
+  shader: 'matmul_sg' | 'matmul_sg_scalar' | 'matmul_vec4' | 'matmul_scalar';
+  TM: number;
+  TN: number;
+  WGX: number;
+  WGY: number;
+}
+
+/**
+ * Kernel variants by name; `auto` picks one per adapter, layout and size (measurements in
+ * bench/matmul-log.md):
+ * sg-*: CPU adapters with subgroups, vec4 layouts (rows shared across the SIMD lanes, see
+ *   matmul_sg.wgsl); sgs-*: the same with scalar loads, for any layout and for f16;
+ * vec4-4x8: other adapters, vec4 layouts; scalar-4x4: other adapters, any layout.
+ */
+export const MATMUL_KERNELS = {
+  'sg-32x4': { shader: 'matmul_sg', TM: 32, TN: 4, WGX: 64, WGY: 1 },
+  'sg-8x4': { shader: 'matmul_sg', TM: 8, TN: 4, WGX: 64, WGY: 1 },
+  'sgs-32x4': { shader: 'matmul_sg_scalar', TM: 32, TN: 4, WGX: 64, WGY: 1 },
+  'sgs-8x4': { shader: 'matmul_sg_scalar', TM: 8, TN: 4, WGX: 64, WGY: 1 },
+  'vec4-4x8': { shader: 'matmul_vec4', TM: 4, TN: 8, WGX: 8, WGY: 8 },
+  'scalar-4x4': { shader: 'matmul_scalar', TM: 4, TN: 4, WGX: 8, WGY: 8 },
+} as const satisfies Record<string, Variant>;
+
+const isVec4 = (v: Variant) => v.shader === 'matmul_sg' || v.shader === 'matmul_vec4';
+const needsSubgroups = (v: Variant) => v.shader === 'matmul_sg' || v.shader === 'matmul_sg_scalar';
+
+export type MatmulKernel = 'auto' | keyof typeof MATMUL_KERNELS;
+
+export interface MatmulOptions {
+  transposeA?: boolean;
+  transposeB?: boolean;
+  /** Forces a kernel variant (tests and benchmarks); throws when it cannot run the layout. */
+  kernel?: MatmulKernel;
+}
+
+/** One operand as the kernel sees it: a [rows, cols] matrix per batch, through strides. */
+interface Operand {
+  t: Tensor;
+  rows: number;
+  cols: number;
+  sRow: number;
+  sCol: number;
+}
+
+/** Reads a's logical [M, K] (or b's [K, N]) from the stored last two dims. */
+function operand(t: Tensor, transposed: boolean): Operand {
+  const r = t.rank;
+  const [d0, d1, s0, s1] = [t.shape[r - 2], t.shape[r - 1], t.strides[r - 2], t.strides[r - 1]];
+  // A size-1 dim's stride is irrelevant: 0 keeps the alignment checks simple.
+  const o = transposed
+    ? { t, rows: d1, cols: d0, sRow: s1, sCol: s0 }
+    : { t, rows: d0, cols: d1, sRow: s0, sCol: s1 };
+  if (o.rows === 1) o.sRow = 0;
+  if (o.cols === 1) o.sCol = 0;
+  return o;
+}
+
+/** True when one of the two matrix dims has unit stride (a size-1 dim counts). */
+function hasUnitAxis(o: Operand): boolean {
+  return o.rows === 1 || o.cols === 1 || o.sRow === 1 || o.sCol === 1;
+}
+
+/**
+ * A [prod(batch) * R, C] view of t [..., R, C] when its batch dims are laid out as a
+ * continuation of R (so the batch folds into the rows), else null.
+ */
+function foldRows(t: Tensor): Tensor | null {
+  const r = t.rank;
+  const c = collapseDims(t.shape.slice(0, r - 1), [t.strides.slice(0, r - 1)]);
+  if (c.shape.length > 1) return null;
+  const rows = t.shape.slice(0, r - 1).reduce((x, y) => x * y, 1);
+  return t.view([rows, t.shape[r - 1]], [c.strides[0][0] ?? 0, t.strides[r - 1]], t.offset);
+}
+
+function batchShapeOf(op: string, a: Tensor, b: Tensor, desc: string): number[] {
+  const ab = a.shape.slice(0, -2);
+  const bb = b.shape.slice(0, -2);
+  const r = Math.max(ab.length, bb.length);
+  const out: number[] = [];
+  for (let i = 0; i < r; i++) {
+    const da = ab[ab.length - r + i] ?? 1;
+    const db = bb[bb.length - r + i] ?? 1;
+    if (da !== db && da !== 1 && db !== 1) throw new RangeError(`${op}: batch dims of ${desc} cannot be broadcast together`);
+    out.push(da === 1 ? db : da);
+  }
+  return out;
+}
+
+/** Per-batch strides of t's leading dims seen through a broadcast to `batch` (0 where broadcast). */
+function batchStrides(t: Tensor, batch: readonly number[]): number[] {
+  const nb = t.rank - 2;
+  return batch.map((d, j) => {
+    const i = j - (batch.length - nb);
+    return i < 0 || t.shape[i] === 1 ? 0 : t.strides[i];
+  });
+}
+
+const mult4 = (...v: number[]) => v.every((x) => x % 4 === 0);
+
+/**
+ * Why the vec4 kernel cannot run this layout, or null when it can. A is K-major when its
+ * unit stride is along K (else M-major), B is K-major when its unit stride is along K.
+ */
+function vec4Blocker(A: Operand, B: Operand, aBatch: number[], bBatch: number[], aKMajor: boolean, bKMajor: boolean): string | null {
+  if (A.t.dtype !== 'f32') return `dtype ${A.t.dtype} (vec4 kernel is f32 only)`;
+  const [M, K, N] = [A.rows, A.cols, B.cols];
+  if (aKMajor ? !mult4(K, A.sRow) : !mult4(M, A.sCol)) return `A's unit-stride axis (${aKMajor ? 'K' : 'M'}) or its other stride is not a multiple of 4`;
+  if (bKMajor ? !mult4(K, B.sCol) : !mult4(N, B.sRow)) return `B's unit-stride axis (${bKMajor ? 'K' : 'N'}) or its other stride is not a multiple of 4`;
+  if (!mult4(A.t.offset, B.t.offset, ...aBatch, ...bBatch)) return 'an offset or batch stride is not a multiple of 4';
+  return null;
+}
+
+/**
+ * Runs C = A @ B (+ bias) for operands already validated: A [..., M, K], B [..., K, N]
+ * as logical matrices (transposes applied through strides). Returns [...batch, M, N].
+ */
+function matmulKernel(a: Tensor, b: Tensor, tA: boolean, tB: boolean, bias: Tensor | null, kernel: MatmulKernel, label: string): Tensor {
+  const temps: Tensor[] = [];
+  try {
+    let A = operand(a, tA);
+    let B = operand(b, tB);
+    const [M, K, N] = [A.rows, A.cols, B.cols];
+    const batch = batchShapeOf(label, a, b, `${shapeStr(a.shape)} and ${shapeStr(b.shape)}`);
+    const outShape = [...batch, M, N];
+    const y = empty(outShape, a.dtype);
+    const nBatch = batch.reduce((x, z) => x * z, 1);
+    if (M === 0 || N === 0 || nBatch === 0) return y;
+
+    // Neither matrix dim has unit stride: copy (outside autograd; the caller records).
+    if (!hasUnitAxis(A)) (a = noGrad(() => contiguous(a)), temps.push(a), (A = operand(a, tA)));
+    if (!hasUnitAxis(B)) (b = noGrad(() => contiguous(b)), temps.push(b), (B = operand(b, tB)));
+
+    // b shared by the whole batch and a's batch laid out along M: one [batch*M, K] matrix.
+    let kb = batch;
+    if (!tA && a.rank > 2 && b.shape.slice(0, -2).every((d) => d === 1)) {
+      const f = foldRows(a);
+      if (f) (temps.push(f), (a = f), (A = operand(f, false)), (kb = []));
+    }
+    const Mk = A.rows;
+
+    const c = collapseDims(kb, [batchStrides(a, kb), batchStrides(b, kb)]);
+    const [aBatch, bBatch] = c.strides as [number[], number[]];
+    // Each operand reads vec4s along its unit-stride axis: K or M for A, K or N for B. A
+    // size-1 dim counts as unit-stride, so an operand may offer both; take a pair the vec4
+    // kernel can run when there is one.
+    const aModes = [A.cols === 1 || A.sCol === 1, A.rows === 1 || A.sRow === 1];
+    const bModes = [B.rows === 1 || B.sRow === 1, B.cols === 1 || B.sCol === 1];
+    const pairs: [boolean, boolean][] = [];
+    for (const aK of [true, false]) for (const bK of [true, false]) if (aModes[aK ? 0 : 1] && bModes[bK ? 0 : 1]) pairs.push([aK, bK]);
+    const tries = pairs.map(([aK, bK]) => ({ aK, bK, blocker: vec4Blocker(A, B, aBatch, bBatch, aK, bK) }));
+    const { aK: aKMajor, bK: bKMajor, blocker } = tries.find((x) => !x.blocker) ?? tries[0];
+    // The unit stride made explicit (a size-1 dim had its stride zeroed).
+    if (aKMajor) A.sCol = 1;
+    else A.sRow = 1;
+    if (bKMajor) B.sRow = 1;
+    else B.sCol = 1;
+
+    let name: keyof typeof MATMUL_KERNELS;
+    if (kernel === 'auto') name = pickKernel(Mk, blocker === null);
+    else {
+      name = kernel;
+      const fv: Variant = MATMUL_KERNELS[name];
+      if (isVec4(fv) && blocker) throw new Error(`${label}: kernel ${name} cannot run this layout: ${blocker}`);
+      if (needsSubgroups(fv) && !subgroupsUsable()) throw new Error(`${label}: kernel ${name} needs subgroups of at least 8 invocations, which this adapter lacks`);
+    }
+    const v: Variant = MATMUL_KERNELS[name];
+
+    const defines: Record<string, string | number> = { TM: v.TM, TN: v.TN, WGX: v.WGX, WGY: v.WGY };
+    if (isVec4(v)) Object.assign(defines, { A_KMAJOR: String(aKMajor), B_KMAJOR: String(bKMajor) });
+    else Object.assign(defines, { T: a.dtype, ENABLE: enableFor(a.dtype) });
+
+    const eng = getEngine();
+    const maxZ = eng.ctx.limits.maxComputeWorkgroupsPerDimension;
+    const groups: [number, number] = [Math.ceil(N / (v.TN * v.WGX)), Math.ceil(Mk / (v.TM * v.WGY))];
+    const zTotal = c.shape.reduce((x, z) => x * z, 1);
+    for (let base = 0; base < zTotal; base += maxZ) {
+      const p = new Params()
+        .u32(Mk, N, K, c.shape.length)
+        .u32(a.offset, b.offset, bias ? 1 : 0, base)
+        .u32(A.sRow, A.sCol, B.sRow, B.sCol)
+        .u32(bias?.offset ?? 0, bias && bias.shape[0] > 1 ? bias.strides[0] : 0, 0, 0)
+        .u32(...padTo(c.shape), ...padTo(aBatch, 0), ...padTo(bBatch, 0));
+      eng.dispatch({
+        shader: v.shader,
+        defines,
+        params: p,
+        buffers: [a.buf, b.buf, (bias ?? a).buf, y.buf],
+        workgroups: [groups[0], groups[1], Math.min(maxZ, zTotal - base)],
+        label: `${label} ${shapeStr(outShape)} (${name})`,
+      });
+    }
+    return y;
+  } finally {
+    for (const t of temps) t.dispose();
+  }
+}
+
+/** True when the adapter has subgroups of at least 8 invocations (matmul_sg.wgsl). */
+function subgroupsUsable(): boolean {
+  const ctx = getEngine().ctx;
+  const min = (ctx.adapter.info as unknown as { subgroupMinSize?: number }).subgroupMinSize ?? 0;
+  return ctx.hasSubgroups && min >= 8;
+}
+
+/** The kernel for an adapter, problem size and layout (measured: bench/matmul-log.md). */
+function pickKernel(M: number, vec4: boolean): keyof typeof MATMUL_KERNELS {
+  // CPU adapters: loads cost per lane and element, so share A's rows across the subgroup; a
+  // 32-row tile wastes work when M is small.
+  if (getEngine().ctx.isSoftware && subgroupsUsable()) {
+    if (vec4) return M <= 8 ? 'sg-8x4' : 'sg-32x4';
+    return M <= 8 ? 'sgs-8x4' : 'sgs-32x4';
+  }
+  // Other adapters: 4x8 per invocation (a teammate measured this no-shared-memory form at
+  // about 30 TFLOP/s on an H200; not re-measured here).
+  return vec4 ? 'vec4-4x8' : 'scalar-4x4';
+}
+
+function checkOperands(op: string, a: Tensor, b: Tensor, aName: string, bName: string): void {
+  assertFloat(op, aName, a);
+  assertFloat(op, bName, b);
+  if (a.dtype !== b.dtype) throw new TypeError(`${op}: dtypes differ (${aName} ${a.dtype}, ${bName} ${b.dtype})`);
+  checkF16(op, a, b);
+}
+
+/** a @ b with numpy batch broadcasting; transposes are read in place. */
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  const tA = !!opts.transposeA;
+  const tB = !!opts.transposeB;
+  checkOperands('matmul', a, b, 'a', 'b');
+  const desc = `${shapeStr(a.shape)}${tA ? '^T' : ''} and ${shapeStr(b.shape)}${tB ? '^T' : ''}`;
+  if (a.rank < 2 || b.rank < 2) {
+    throw new RangeError(`matmul: operands need at least 2 dims, got ${desc}; reshape a vector to [1, K] or [K, 1]`);
+  }
+  const K = tA ? a.shape[a.rank - 2] : a.shape[a.rank - 1];
+  const Kb = tB ? b.shape[b.rank - 1] : b.shape[b.rank - 2];
+  if (K !== Kb) throw new RangeError(`matmul: inner dimensions differ (${K} vs ${Kb}) for ${desc}`);
+  const y = matmulKernel(a, b, tA, tB, null, opts.kernel ?? 'auto', 'matmul');
+  const need: [boolean, boolean] = [a.requiresGrad, b.requiresGrad];
+  return record(y, 'matmul', [a, b], (g, [as, bs]) => matmulGrads(g, as, bs, tA, tB, need), [a, b]);
+}
+
+/**
+ * Gradients of y = A' @ B' (A' = tA ? a^T : a, B' likewise) for stored a and b:
+ * dA' = g B'^T, dB' = A'^T g, transposed back when the operand was stored transposed,
+ * then summed over the batch dims the operand was broadcast along.
+ */
+function matmulGrads(g: Tensor, a: Tensor, b: Tensor, tA: boolean, tB: boolean, [needA, needB]: [boolean, boolean]): [Tensor | null, Tensor | null] {
+  let da: Tensor | null = null;
+  let db: Tensor | null = null;
+  if (needA) {
+    const full = tA ? matmul(b, g, { transposeA: tB, transposeB: true }) : matmul(g, b, { transposeB: !tB });
+    da = sumTo(full, a.shape);
+    full.dispose();
+  }
+  if (needB) {
+    // b shared across the batch: fold the batch into the contracted dim (no [batch, K, N] temp).
+    const bShared = b.shape.slice(0, -2).every((d) => d === 1);
+    const aFull = a.rank === g.rank && a.shape.slice(0, -2).every((d, i) => d === g.shape[i]);
+    const a2 = bShared && aFull && !tA && g.rank > 2 ? foldRows(a) : null;
+    const g2 = a2 ? foldRows(g) : null;
+    if (a2 && g2) {
+      const d2 = tB ? matmul(g2, a2, { transposeA: true }) : matmul(a2, g2, { transposeA: true });
+      db = d2.view(b.shape);
+      d2.dispose();
+    } else {
+      const full = tB ? matmul(g, a, { transposeA: true, transposeB: tA }) : matmul(a, g, { transposeA: !tA });
+      db = sumTo(full, b.shape);
+      full.dispose();
+    }
+    a2?.dispose();
+    g2?.dispose();
+  }
+  return [da, db];
+}
+
+/**
+ * x [..., in] @ weight^T (weight [out, in]) + bias [out]; the bias add is fused into the
+ * kernel. `opts.kernel` forces a kernel variant (tests, benchmarks).
+ */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null, opts: { kernel?: MatmulKernel } = {}): Tensor {
+  checkOperands('linear', x, weight, 'x', 'weight');
+  if (weight.rank !== 2) throw new RangeError(`linear: weight must be [out, in], got ${shapeStr(weight.shape)}`);
+  const [out, inF] = weight.shape;
+  if (x.rank < 1 || x.shape[x.rank - 1] !== inF) {
+    throw new RangeError(`linear: x ${shapeStr(x.shape)} does not end in weight's in-features (weight ${shapeStr(weight.shape)})`);
+  }
+  if (bias) {
+    if (bias.dtype !== x.dtype) throw new TypeError(`linear: bias has dtype ${bias.dtype}, x has ${x.dtype}`);
+    if (bias.rank !== 1 || bias.shape[0] !== out) throw new RangeError(`linear: bias has shape ${shapeStr(bias.shape)}, expected [${out}] for weight ${shapeStr(weight.shape)}`);
+  }
+  // A vector input runs as one row.
+  const x2 = x.rank === 1 ? x.view([1, inF], [0, x.strides[0]]) : x;
+  const y2 = matmulKernel(x2, weight, false, true, bias ?? null, opts.kernel ?? 'auto', 'linear');
+  let y = y2;
+  if (x2 !== x) {
+    y = y2.view([out]);
+    y2.dispose();
+    x2.dispose();
+  }
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  const need: [boolean, boolean] = [x.requiresGrad, weight.requiresGrad];
+  const needBias = !!bias?.requiresGrad;
+  return record(
+    y,
+    'linear',
+    inputs,
+    (g, [xs, ws]) => {
+      // The rules of matmul(x, weight^T); a vector x (and its g) run as one row.
+      const xv = xs.rank === 1 ? xs.view([1, inF], [0, xs.strides[0]]) : xs;
+      const gv = g.rank === 1 ? g.view([1, out], [0, g.strides[0]]) : g;
+      let [dx, dw] = matmulGrads(gv, xv, ws, false, true, need);
+      if (dx && xv !== xs) {
+        const t = dx.view(xs.shape);
+        dx.dispose();
+        dx = t;
+      }
+      if (xv !== xs) xv.dispose();
+      if (gv !== g) gv.dispose();
+      return [dx, dw, needBias ? sumTo(g, [out]) : null];
+    },
+    [x, weight],
+  );
+}

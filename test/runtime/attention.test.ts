@@ -1,0 +1,311 @@
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import * as T from '../../runtime/index.ts';
+import { checkOp, expectClose, prod, randArray, rng } from '../helpers.ts';
+
+interface Dims {
+  B: number;
+  Hq: number;
+  Hkv: number;
+  Tq: number;
+  Tk: number;
+  D: number;
+  Dv: number;
+}
+
+interface RefOpts {
+  causal?: boolean;
+  /** [B, Tk], nonzero = attend. */
+  pad?: ArrayLike<number>;
+  /** Additive mask with its own (broadcastable) shape. */
+  mask?: { data: ArrayLike<number>; shape: number[] };
+  scale?: number;
+  qOffset?: number;
+}
+
+/** Float64 attention on the CPU: the reference for values and finite differences. */
+function refAttention(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, d: Dims, o: RefOpts): Float64Array {
+  const { B, Hq, Hkv, Tq, Tk, D, Dv } = d;
+  const scale = o.scale ?? 1 / Math.sqrt(D);
+  const qOffset = o.qOffset ?? Tk - Tq;
+  const group = Hq / Hkv;
+  const out = new Float64Array(B * Hq * Tq * Dv);
+  const full = [B, Hq, Tq, Tk];
+  let maskAt: ((c: number[]) => number) | null = null;
+  if (o.mask) {
+    const { data, shape } = o.mask;
+    const ms = [...new Array(4 - shape.length).fill(1), ...shape];
+    maskAt = (c) => {
+      let idx = 0;
+      for (let a = 0; a < 4; a++) idx = idx * ms[a] + (ms[a] === 1 ? 0 : c[a]);
+      return data[idx];
+    };
+    void full;
+  }
+  const s = new Float64Array(Tk);
+  const vis = new Array<boolean>(Tk);
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < Hq; h++) {
+      const kvh = Math.floor(h / group);
+      for (let i = 0; i < Tq; i++) {
+        let m = -Infinity;
+        for (let j = 0; j < Tk; j++) {
+          let ok = !(o.causal && j > qOffset + i) && (!o.pad || o.pad[b * Tk + j] !== 0);
+          let bias = 0;
+          if (ok && maskAt) {
+            bias = maskAt([b, h, i, j]);
+            if (bias === -Infinity) ok = false;
+          }
+          vis[j] = ok;
+          if (!ok) continue;
+          let dot = 0;
+          for (let x = 0; x < D; x++) dot += q[((b * Hq + h) * Tq + i) * D + x] * k[((b * Hkv + kvh) * Tk + j) * D + x];
+          s[j] = scale * dot + bias;
+          m = Math.max(m, s[j]);
+        }
+        let l = 0;
+        for (let j = 0; j < Tk; j++) if (vis[j]) l += Math.exp(s[j] - m);
+        const ob = ((b * Hq + h) * Tq + i) * Dv;
+        if (l === 0) continue; // no visible key: output 0
+        for (let j = 0; j < Tk; j++) {
+          if (!vis[j]) continue;
+          const p = Math.exp(s[j] - m) / l;
+          for (let x = 0; x < Dv; x++) out[ob + x] += p * v[((b * Hkv + kvh) * Tk + j) * Dv + x];
+        }
+      }
+    }
+  return out;
+}
+
+const f32 = (a: ArrayLike<number>) => Float32Array.from(a);
+
+/** Random additive mask: values in [-2, 2], some -Infinity, with a random broadcast shape. */
+function randomMask(d: Dims, seed: number): { data: Float64Array; shape: number[] } {
+  const r = rng(seed);
+  const full = [d.B, d.Hq, d.Tq, d.Tk];
+  const rank = 2 + Math.floor(r() * 3); // 2..4
+  const shape = full.slice(4 - rank).map((n) => (r() < 0.3 ? 1 : n));
+  const n = prod(shape);
+  const data = new Float64Array(n);
+  for (let x = 0; x < n; x++) data[x] = r() < 0.2 ? -Infinity : 4 * r() - 2;
+  return { data, shape };
+}
+
+function randomPad(d: Dims, seed: number, pAttend = 0.75): Float64Array {
+  const r = rng(seed);
+  return Float64Array.from({ length: d.B * d.Tk }, () => (r() < pAttend ? 1 : 0));
+}
+
+async function gpuAttention(q: Float64Array, k: Float64Array, v: Float64Array, d: Dims, o: RefOpts, padDType: 'f32' | 'i32' = 'f32'): Promise<Float32Array> {
+  return T.tidyAsync(async () => {
+    const out = T.attention(
+      T.fromArray(f32(q), [d.B, d.Hq, d.Tq, d.D]),
+      T.fromArray(f32(k), [d.B, d.Hkv, d.Tk, d.D]),
+      T.fromArray(f32(v), [d.B, d.Hkv, d.Tk, d.Dv]),
+      {
+        causal: o.causal,
+        scale: o.scale,
+        qOffset: o.qOffset,
+        keyPadding: o.pad ? T.fromArray(Array.from(o.pad), [d.B, d.Tk], padDType) : undefined,
+        mask: o.mask ? T.fromArray(f32(o.mask.data), o.mask.shape) : undefined,
+      },
+    );
+    expect(out.shape).toEqual([d.B, d.Hq, d.Tq, d.Dv]);
+    return (await out.toArray()) as Float32Array;
+  });
+}
+
+const dimsArb = fc.record({
+  B: fc.integer({ min: 1, max: 2 }),
+  Hkv: fc.integer({ min: 1, max: 2 }),
+  ratio: fc.constantFrom(1, 2, 3),
+  Tq: fc.integer({ min: 1, max: 40 }),
+  Tk: fc.integer({ min: 1, max: 40 }),
+  D: fc.integer({ min: 1, max: 40 }),
+  sameDv: fc.boolean(),
+  Dv: fc.integer({ min: 1, max: 40 }),
+  // Head sizes that are multiples of 4 take the vec4 kernels.
+  vec4: fc.boolean(),
+});
+
+describe('attention forward', () => {
+  it('matches the float64 reference over random shapes, GQA, causal, padding, masks and offsets', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        dimsArb,
+        fc.record({
+          causal: fc.boolean(),
+          pad: fc.constantFrom('none', 'f32', 'i32'),
+          mask: fc.boolean(),
+          offset: fc.option(fc.integer({ min: -3, max: 45 }), { nil: undefined }),
+          scale: fc.option(fc.double({ min: 0.05, max: 1.5, noNaN: true }), { nil: undefined }),
+          seed: fc.integer({ min: 1, max: 1e6 }),
+        }),
+        async (s, o) => {
+          const r4 = (n: number) => (s.vec4 ? 4 * Math.ceil(n / 4) : n);
+          const d: Dims = { B: s.B, Hq: s.Hkv * s.ratio, Hkv: s.Hkv, Tq: s.Tq, Tk: s.Tk, D: r4(s.D), Dv: r4(s.sameDv ? s.D : s.Dv) };
+          const q = randArray(d.B * d.Hq * d.Tq * d.D, o.seed, -2, 2);
+          const k = randArray(d.B * d.Hkv * d.Tk * d.D, o.seed + 1, -2, 2);
+          const v = randArray(d.B * d.Hkv * d.Tk * d.Dv, o.seed + 2);
+          const ro: RefOpts = {
+            causal: o.causal,
+            qOffset: o.offset,
+            scale: o.scale,
+            pad: o.pad === 'none' ? undefined : randomPad(d, o.seed + 3),
+            mask: o.mask ? randomMask(d, o.seed + 4) : undefined,
+          };
+          const got = await gpuAttention(q, k, v, d, ro, o.pad === 'i32' ? 'i32' : 'f32');
+          expectClose(got, refAttention(q, k, v, d, ro), 2e-5, 1e-4, `attention ${JSON.stringify(d)} ${JSON.stringify(o)}`);
+        },
+      ),
+      { numRuns: 30, seed: 1234 },
+    );
+  });
+
+  it('decode (Tq = 1 with a KV cache) equals the last row of full causal attention', async () => {
+    const d: Dims = { B: 2, Hq: 4, Hkv: 2, Tq: 9, Tk: 9, D: 13, Dv: 13 };
+    const q = randArray(d.B * d.Hq * d.Tq * d.D, 11);
+    const k = randArray(d.B * d.Hkv * d.Tk * d.D, 12);
+    const v = randArray(d.B * d.Hkv * d.Tk * d.Dv, 13);
+    const full = await gpuAttention(q, k, v, d, { causal: true });
+    for (const t of [0, 4, 8]) {
+      // The query at position t against the cache of keys 0..t (plus later, not yet visible, keys).
+      const dq: Dims = { ...d, Tq: 1 };
+      const qt = new Float64Array(d.B * d.Hq * d.D);
+      for (let bh = 0; bh < d.B * d.Hq; bh++) for (let x = 0; x < d.D; x++) qt[bh * d.D + x] = q[(bh * d.Tq + t) * d.D + x];
+      const got = await gpuAttention(qt, k, v, dq, { causal: true, qOffset: t });
+      const want = new Float64Array(d.B * d.Hq * d.Dv);
+      for (let bh = 0; bh < d.B * d.Hq; bh++) for (let x = 0; x < d.Dv; x++) want[bh * d.Dv + x] = full[(bh * d.Tq + t) * d.Dv + x];
+      expectClose(got, want, 1e-6, 1e-5, `decode at ${t}`);
+      expectClose(got, refAttention(qt, k, v, dq, { causal: true, qOffset: t }), 2e-5, 1e-4, `decode ref at ${t}`);
+    }
+    // Default qOffset = Tk - Tq: a single query sees the whole cache.
+    const d1: Dims = { ...d, Tq: 1 };
+    const q1 = randArray(d.B * d.Hq * d.D, 14);
+    const got = await gpuAttention(q1, k, v, d1, { causal: true });
+    expectClose(got, refAttention(q1, k, v, d1, {}), 2e-5, 1e-4, 'decode default offset');
+  });
+
+  it('rows with no visible key give 0 (not NaN)', async () => {
+    const d: Dims = { B: 2, Hq: 2, Hkv: 1, Tq: 3, Tk: 5, D: 4, Dv: 3 };
+    const q = randArray(d.B * d.Hq * d.Tq * d.D, 21);
+    const k = randArray(d.B * d.Hkv * d.Tk * d.D, 22);
+    const v = randArray(d.B * d.Hkv * d.Tk * d.Dv, 23);
+    // Batch 1 fully padded.
+    const pad = [1, 0, 1, 1, 0, 0, 0, 0, 0, 0];
+    let got = await gpuAttention(q, k, v, d, { pad });
+    const half = d.Hq * d.Tq * d.Dv;
+    expect(Array.from(got.slice(half))).toEqual(new Array(half).fill(0));
+    expect(got.slice(0, half).some((x) => x !== 0)).toBe(true);
+    expectClose(got, refAttention(q, k, v, d, { pad }), 2e-5, 1e-4, 'padded');
+    // A -Infinity mask on query row 1 only.
+    const mask = new Float64Array(d.Tq * d.Tk);
+    for (let j = 0; j < d.Tk; j++) mask[d.Tk + j] = -Infinity;
+    got = await gpuAttention(q, k, v, d, { mask: { data: mask, shape: [d.Tq, d.Tk] } });
+    for (let bh = 0; bh < d.B * d.Hq; bh++) for (let x = 0; x < d.Dv; x++) expect(got[(bh * d.Tq + 1) * d.Dv + x]).toBe(0);
+    expect(got.every((x) => Number.isFinite(x))).toBe(true);
+    // Causal with a negative offset: query 0 sits before every key.
+    got = await gpuAttention(q, k, v, d, { causal: true, qOffset: -1 });
+    for (let bh = 0; bh < d.B * d.Hq; bh++) for (let x = 0; x < d.Dv; x++) expect(got[bh * d.Tq * d.Dv + x]).toBe(0);
+    expectClose(got, refAttention(q, k, v, d, { causal: true, qOffset: -1 }), 2e-5, 1e-4, 'negative offset');
+  });
+
+  it('accepts permuted and offset views for q, k and v', async () => {
+    const d: Dims = { B: 2, Hq: 3, Hkv: 3, Tq: 5, Tk: 7, D: 6, Dv: 6 };
+    // q stored as [B, Tq, Hq, D] after 4 leading junk elements, viewed as [B, Hq, Tq, D].
+    const qData = randArray(4 + d.B * d.Tq * d.Hq * d.D, 31);
+    const k = randArray(d.B * d.Hkv * d.Tk * d.D, 32);
+    const v = randArray(d.B * d.Hkv * d.Tk * d.Dv, 33);
+    const qDense = new Float64Array(d.B * d.Hq * d.Tq * d.D);
+    for (let b = 0; b < d.B; b++)
+      for (let h = 0; h < d.Hq; h++)
+        for (let i = 0; i < d.Tq; i++)
+          for (let x = 0; x < d.D; x++) qDense[((b * d.Hq + h) * d.Tq + i) * d.D + x] = qData[4 + ((b * d.Tq + i) * d.Hq + h) * d.D + x];
+    const got = await T.tidyAsync(async () => {
+      const base = T.fromArray(f32(qData), [qData.length]);
+      const qv = base.view([d.B, d.Hq, d.Tq, d.D], [d.Tq * d.Hq * d.D, d.D, d.Hq * d.D, 1], 4);
+      const out = T.attention(qv, T.fromArray(f32(k), [d.B, d.Hkv, d.Tk, d.D]), T.fromArray(f32(v), [d.B, d.Hkv, d.Tk, d.Dv]), { causal: true });
+      return (await out.toArray()) as Float32Array;
+    });
+    expectClose(got, refAttention(qDense, k, v, d, { causal: true }), 2e-5, 1e-4, 'views');
+  });
+
+  it('names the shapes in its errors', () => {
+    T.tidy(() => {
+      const q = T.zeros([1, 3, 2, 4]);
+      const k = T.zeros([1, 2, 5, 4]);
+      const v = T.zeros([1, 2, 5, 4]);
+      expect(() => T.attention(q, k, v)).toThrow(/multiple of kv heads.*\[1, 3, 2, 4\].*\[1, 2, 5, 4\]/);
+      const q2 = T.zeros([1, 2, 2, 3]);
+      expect(() => T.attention(q2, k, v)).toThrow(/head sizes differ.*\[1, 2, 2, 3\]/);
+      expect(() => T.attention(T.zeros([1, 2, 2, 4]), k, T.zeros([1, 2, 6, 4]))).toThrow(/sequence lengths differ.*\[1, 2, 6, 4\]/);
+      expect(() => T.attention(T.zeros([1, 2, 2, 4]), k, v, { mask: T.zeros([3, 5]) })).toThrow(/mask of shape \[3, 5\].*\[1, 2, 2, 5\]/);
+      expect(() => T.attention(T.zeros([1, 2, 2, 4]), k, v, { keyPadding: T.zeros([1, 4]) })).toThrow(/keyPadding has shape \[1, 4\].*\[1, 5\]/);
+      expect(() => T.attention(T.zeros([2, 4]), k, v)).toThrow(/q must be \[B, H, T, D\].*\[2, 4\]/);
+      expect(() => T.attention(T.zeros([1, 2, 2, 4], 'i32'), k, v)).toThrow(/attention: q has dtype i32/);
+    });
+  });
+});
+
+describe('attention backward', () => {
+  const cases: { name: string; d: Dims; o: RefOpts }[] = [
+    { name: 'plain MHA', d: { B: 1, Hq: 2, Hkv: 2, Tq: 3, Tk: 4, D: 3, Dv: 2 }, o: {} },
+    { name: 'GQA 2, causal, padding', d: { B: 2, Hq: 4, Hkv: 2, Tq: 3, Tk: 3, D: 2, Dv: 3 }, o: { causal: true, pad: [1, 1, 0, 0, 1, 1] } },
+    {
+      name: 'GQA 3, mask with -inf, scale',
+      d: { B: 1, Hq: 3, Hkv: 1, Tq: 2, Tk: 5, D: 3, Dv: 3 },
+      o: { mask: { data: [0, -Infinity, 0.5, -1, 0, 1, 0, -Infinity, 0.25, -0.5], shape: [1, 1, 2, 5] }, scale: 0.7 },
+    },
+    { name: 'decode with KV cache', d: { B: 2, Hq: 2, Hkv: 1, Tq: 1, Tk: 5, D: 4, Dv: 3 }, o: { causal: true, qOffset: 2 } },
+    // Head sizes divisible by 4: the vec4 kernels.
+    { name: 'vec4, GQA 2, causal, mask', d: { B: 1, Hq: 4, Hkv: 2, Tq: 3, Tk: 4, D: 4, Dv: 8 }, o: { causal: true, mask: { data: [0, -1, 0.5, -Infinity], shape: [4] } } },
+    { name: 'vec4, GQA 3, padding, offset', d: { B: 2, Hq: 3, Hkv: 1, Tq: 2, Tk: 3, D: 8, Dv: 4 }, o: { causal: true, qOffset: 0, pad: [1, 0, 1, 1, 1, 0] } },
+    // Batch 1 has every key padded and query 0 of batch 0 sees none (offset -1): zero gradients there.
+    { name: 'fully masked rows', d: { B: 2, Hq: 2, Hkv: 2, Tq: 2, Tk: 3, D: 2, Dv: 2 }, o: { causal: true, qOffset: -1, pad: [1, 1, 1, 0, 0, 0] } },
+  ];
+  for (const { name, d, o } of cases) {
+    it(`gradients for q, k, v: ${name}`, async () => {
+      await checkOp({
+        inputs: [
+          { data: randArray(d.B * d.Hq * d.Tq * d.D, 41), shape: [d.B, d.Hq, d.Tq, d.D] },
+          { data: randArray(d.B * d.Hkv * d.Tk * d.D, 42), shape: [d.B, d.Hkv, d.Tk, d.D] },
+          { data: randArray(d.B * d.Hkv * d.Tk * d.Dv, 43), shape: [d.B, d.Hkv, d.Tk, d.Dv] },
+        ],
+        gpu: ([q, k, v]) =>
+          T.attention(q, k, v, {
+            causal: o.causal,
+            scale: o.scale,
+            qOffset: o.qOffset,
+            keyPadding: o.pad ? T.fromArray(Array.from(o.pad), [d.B, d.Tk], 'i32') : undefined,
+            mask: o.mask ? T.fromArray(f32(o.mask.data), o.mask.shape) : undefined,
+          }),
+        cpu: ([q, k, v]) => refAttention(q, k, v, d, o),
+      });
+    });
+  }
+
+  it('fully masked rows get exactly zero gradients', async () => {
+    const d: Dims = { B: 1, Hq: 2, Hkv: 1, Tq: 2, Tk: 3, D: 3, Dv: 2 };
+    await T.tidyAsync(async () => {
+      const qc = T.requireGrad(T.fromArray(f32(randArray(d.B * d.Hq * d.Tq * d.D, 51)), [d.B, d.Hq, d.Tq, d.D]));
+      const k = T.requireGrad(T.fromArray(f32(randArray(d.Hkv * d.Tk * d.D, 52)), [d.B, d.Hkv, d.Tk, d.D]));
+      const v = T.requireGrad(T.fromArray(f32(randArray(d.Hkv * d.Tk * d.Dv, 53)), [d.B, d.Hkv, d.Tk, d.Dv]));
+      // Query row 0 sees nothing (-inf everywhere); row 1 sees key 2 only.
+      const mask = T.fromArray([-Infinity, -Infinity, -Infinity, -Infinity, -Infinity, 0], [2, 3]);
+      const y = T.attention(qc, k, v, { mask });
+      T.backward(T.sum(T.mul(y, y)));
+      const gq = await qc.grad!.toArray();
+      const gk = await k.grad!.toArray();
+      const gv = await v.grad!.toArray();
+      for (const g of [gq, gk, gv]) expect(Array.from(g).every((x) => Number.isFinite(x))).toBe(true);
+      // Row 0 of each head: zero dq. Keys 0, 1 are never seen: zero dk and dv. A single visible
+      // key gets softmax weight 1 whatever its score, so dq and dk vanish everywhere.
+      expect(Array.from(gq).every((x) => x === 0)).toBe(true);
+      expect(Array.from(gk).every((x) => x === 0)).toBe(true);
+      const vv = await v.toArray();
+      // y rows that see key 2 equal v[2]; dL/dv[2] = sum over the 2 heads of 2 * v[2].
+      expectClose(gv, [0, 0, 0, 0, 4 * vv[4], 4 * vv[5]], 1e-6, 1e-5, 'dv');
+      for (const t of [k, v, qc]) t.grad?.dispose();
+    });
+  });
+});
