@@ -120,6 +120,11 @@ describe('bad input', () => {
     expect(out).toMatch(/npm run setup/);
   });
 
+  it('a lost device is a clear error, not a hang', () => {
+    const out = runFixture('test/fixtures/device-lost.ts', {});
+    expect(out).toMatch(/CAUGHT: DeviceLostError: WebGPU device lost/);
+  });
+
   it('a validation error surfaces at the next sync, and RETRV_DEBUG names the op', () => {
     const plain = runFixture('test/fixtures/bad-dispatch.ts', { RETRV_DEBUG: '0' });
     expect(plain).toMatch(/CAUGHT: WebGPU error/);
