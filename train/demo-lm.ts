@@ -25,7 +25,8 @@ import {
   stats,
   tidy,
 } from '../runtime/index.ts';
-import { Llm, type LlmConfig, initParameters } from '../model/llm.ts';
+import { Llm, type LlmConfig, initParameters, parameterShapes } from '../model/llm.ts';
+import { loadCheckpointTensors, saveCheckpoint } from '../model/checkpoint.ts';
 import { Rng } from '../runtime/random.ts';
 import { lmLoss, positionsFor, sampleBatch } from './lm-train.ts';
 
@@ -63,17 +64,16 @@ const logPath = join(runDir, 'log.jsonl');
 const model = new Llm(config, initParameters(config, 1));
 const params = [...model.params.values()];
 const opt = new AdamW(params, { lr: peakLr, weightDecay: 0.01, betas: [0.9, 0.95] });
-const schedule = cosineSchedule({ peakLr, warmupSteps: 20, totalSteps: steps, minLr: peakLr / 10 });
+const schedule = cosineSchedule({ peakLr, warmupSteps: Math.min(20, Math.floor(steps / 10)), totalSteps: steps, minLr: peakLr / 10 });
 let start = 0;
 
 // Resume: parameters, optimizer moments and the step all come back from the checkpoint.
 if (existsSync(join(ckptDir, 'state.json'))) {
   const state = JSON.parse(readFileSync(join(ckptDir, 'state.json'), 'utf8')) as { step: number };
-  const { tensors } = await loadSafetensors(join(ckptDir, 'model.safetensors'));
-  for (const [name, t] of Object.entries(tensors)) {
-    const p = model.params.get(name);
-    if (!p) throw new Error(`checkpoint ${ckptDir}: unexpected tensor ${name}`);
-    noGrad(() => getEngine().copy(t.buf, t.offset * 4, p.buf, p.offset * 4, p.size * 4));
+  const tensors = await loadCheckpointTensors(ckptDir, parameterShapes(config));
+  for (const [name, t] of tensors) {
+    const p = model.params.get(name)!;
+    getEngine().copy(t.buf, t.offset * 4, p.buf, p.offset * 4, p.size * 4);
     t.dispose();
   }
   const optState = await loadSafetensors(join(ckptDir, 'optimizer.safetensors'));
@@ -83,13 +83,12 @@ if (existsSync(join(ckptDir, 'state.json'))) {
   console.log(`resuming from ${ckptDir} at step ${start}`);
 }
 
-async function saveCheckpoint(step: number, dir: string): Promise<void> {
-  mkdirSync(dir, { recursive: true });
-  await saveSafetensors(join(dir, 'model.safetensors'), Object.fromEntries(model.params), { format: 'pt' });
+/** Weights and config (model/checkpoint.ts), optimizer moments, and the step reached. */
+async function saveRunState(step: number, dir: string): Promise<void> {
+  await saveCheckpoint(dir, model.params, { architectures: ['Qwen2ForCausalLM'], ...config });
   const sd = opt.stateDict();
   await saveSafetensors(join(dir, 'optimizer.safetensors'), sd);
   for (const t of Object.values(sd)) t.dispose();
-  writeFileSync(join(dir, 'config.json'), JSON.stringify({ architectures: ['Qwen2ForCausalLM'], ...config }, null, 2));
   writeFileSync(join(dir, 'state.json'), JSON.stringify({ step }));
 }
 
@@ -123,10 +122,10 @@ for (let step = start; step < steps; step++) {
   const line = `step ${step + 1}/${steps}  loss ${v.toFixed(3)}  lr ${lr.toExponential(2)}  ${tokPerSec.toFixed(0)} tok/s  eta ${(eta / 1000).toFixed(0)}s`;
   if (!quiet && process.stdout.isTTY) process.stdout.write(`\r${line}   `);
   else if (step % 25 === 0 || step === steps - 1) console.log(line);
-  if ((step + 1) % saveEvery === 0 && step + 1 < steps) await saveCheckpoint(step + 1, ckptDir);
+  if ((step + 1) % saveEvery === 0 && step + 1 < steps) await saveRunState(step + 1, ckptDir);
 }
 if (process.stdout.isTTY && !quiet) process.stdout.write('\n');
-await saveCheckpoint(steps, join(runDir, 'final'));
+await saveRunState(steps, join(runDir, 'final'));
 rmSync(ckptDir, { recursive: true, force: true });
 console.log(`loss ${firstLoss.toFixed(3)} -> ${lastLoss.toFixed(3)} (uniform over bytes would be ${Math.log(256).toFixed(3)})`);
 
