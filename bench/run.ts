@@ -16,13 +16,13 @@ import { ortVersion, ortWebgpuPlacement } from './peers/ort.ts';
 import { type BenchCase, type CheckReport, CheckFailed, Skip, type Suite, type SuiteOptions, type Work } from './suites/_lib.ts';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const SUITE_ORDER = ['matmul', 'softmax', 'rmsnorm', 'attention', 'train'];
+const SUITE_ORDER = ['matmul', 'softmax', 'rmsnorm', 'attention', 'fused', 'train', 'model'];
 
 const HELP = `usage: npm run bench -- [flags]
   --quick              small shapes (matmul 256,512), shorter timing (max-time 1 s, min-samples 3)
   --sizes 256,512,...  square matmul sizes (default 256,512,1024,2048)
   --suite a,b          suites to run (default all: ${SUITE_ORDER.join(', ')})
-  --lib a,b            libraries to run (retrv, retrv+io, tfjs-webgpu, ort-webgpu, ort-cpu)
+  --lib a,b            libraries to run (retrv, retrv+io, tfjs-webgpu, ort-webgpu, ort-cpu; suite fused: fused, unfused)
   --max-time S         benny: seconds of sampling per case (default 5)
   --min-samples N      benny: at least N samples per case (default 5)
   --timeout S          give up when one setup/check/run/teardown call takes longer (default 300)
@@ -275,6 +275,51 @@ function table(results: CaseResult[]): string {
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
+/** One fused kernel against its unfused composition (suite 'fused'): time ratio and memory. */
+interface Speedup {
+  case: string;
+  fusedMs: number;
+  unfusedMs: number;
+  /** unfused mean time / fused mean time. */
+  speedup: number;
+  fusedPeakBytes?: number;
+  unfusedPeakBytes?: number;
+  /** Peak minus the bytes live before the call (output and temporaries). */
+  fusedExtraBytes?: number;
+  unfusedExtraBytes?: number;
+}
+
+/** Pairs the 'fused' and 'unfused' results of each case (bench/suites/fused.ts). */
+function speedups(results: CaseResult[]): Speedup[] {
+  const out: Speedup[] = [];
+  const mem = (r: CaseResult, k: 'peakBytes' | 'extraBytes') => (r.check as (CheckReport & Partial<Record<typeof k, number>>) | undefined)?.[k];
+  for (const f of results) {
+    if (f.library !== 'fused' || !f.timing) continue;
+    const u = results.find((r) => r.suite === f.suite && r.case === f.case && r.library === 'unfused');
+    if (!u?.timing) continue;
+    out.push({
+      case: f.case,
+      fusedMs: f.timing.meanMs,
+      unfusedMs: u.timing.meanMs,
+      speedup: u.timing.meanMs / f.timing.meanMs,
+      fusedPeakBytes: mem(f, 'peakBytes'),
+      unfusedPeakBytes: mem(u, 'peakBytes'),
+      fusedExtraBytes: mem(f, 'extraBytes'),
+      unfusedExtraBytes: mem(u, 'extraBytes'),
+    });
+  }
+  return out;
+}
+
+function speedupTable(rows: Speedup[]): string {
+  const mib = (b: number | undefined) => (b === undefined ? '' : (b / 2 ** 20).toFixed(2));
+  const head = ['case', 'fused ms', 'unfused ms', 'speedup', 'fused peak MiB', 'unfused peak MiB', 'fused +MiB', 'unfused +MiB'];
+  const cells = rows.map((r) => [r.case, fmt(r.fusedMs, 3), fmt(r.unfusedMs, 3), `${r.speedup.toFixed(2)}x`, mib(r.fusedPeakBytes), mib(r.unfusedPeakBytes), mib(r.fusedExtraBytes), mib(r.unfusedExtraBytes)]);
+  const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
+  const line = (c: string[]) => c.map((x, i) => (i === 0 ? x.padEnd(widths[i]) : x.padStart(widths[i]))).join('  ').trimEnd();
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...cells.map(line)].join('\n');
+}
+
 async function main(): Promise<void> {
   const flags = parseFlags(process.argv.slice(2));
   const ctx = await init();
@@ -329,6 +374,8 @@ async function main(): Promise<void> {
     },
     suites: suites.map((s) => ({ name: s.name, describe: s.describe })),
     results,
+    /** Suite 'fused': unfused / fused time per case, with each form's peak memory. */
+    speedups: speedups(results),
   };
   const out = flags.out ? resolve(flags.out) : join(here, 'results', `${started.toISOString().replace(/[:.]/g, '-')}.json`);
   mkdirSync(dirname(out), { recursive: true });
@@ -336,6 +383,10 @@ async function main(): Promise<void> {
   console.log(`\nresults: ${out}`);
   console.log(`adapter: ${ctx.description}\n`);
   console.log(table(results));
+  if (report.speedups.length) {
+    console.log('\nfused kernels vs their unfused compositions (speedup = unfused / fused mean time; +MiB = peak over the live inputs):\n');
+    console.log(speedupTable(report.speedups));
+  }
   if (hung) process.exitCode = 1;
 }
 

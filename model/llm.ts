@@ -18,10 +18,12 @@ import {
   reshape,
   rmsNorm,
   rope,
+  shapeStr,
   silu,
   ones,
   zeros,
 } from '../runtime/index.ts';
+import type { KvCache } from './kv-cache.ts';
 
 export interface LlmConfig {
   vocabSize: number;
@@ -118,10 +120,31 @@ export class Llm {
   /**
    * Hidden states after the final norm, [B, T, D].
    * positions: i32 [B, T] (plain RoPE) or [S, B, T] for M-RoPE sections.
+   * keyPadding: [B, T], nonzero = a real token, 0 = padding (never attended to).
+   *
+   * With `cache`, x holds the T new tokens: their keys and values are written into the
+   * cache's slots [L, L + T) (L = cache.length), attention runs over the cached prefix
+   * plus the new tokens (causal, query i at slot L + i), and the cache advances by T.
+   * keyPadding then marks the new tokens only (earlier slots keep their marks). Positions
+   * are the caller's business (they continue each sequence's own positions). The cache
+   * path is for inference: no gradient flows into cached keys and values.
    */
-  forwardEmbeds(x: Tensor, positions: Tensor, opts: { keyPadding?: Tensor } = {}): Tensor {
+  forwardEmbeds(x: Tensor, positions: Tensor, opts: { keyPadding?: Tensor; cache?: KvCache } = {}): Tensor {
     const c = this.config;
     const [B, T] = x.shape;
+    const cache = opts.cache;
+    const L = cache ? cache.length : 0;
+    if (cache) {
+      if (cache.batch !== B || cache.layers !== c.layers || cache.kvHeads !== c.kvHeads || cache.headDim !== headDim(c)) {
+        throw new RangeError(
+          `forwardEmbeds: cache (batch ${cache.batch}, layers ${cache.layers}, kvHeads ${cache.kvHeads}, headDim ${cache.headDim}) ` +
+            `does not fit x ${shapeStr(x.shape)} and the model (layers ${c.layers}, kvHeads ${c.kvHeads}, headDim ${headDim(c)})`,
+        );
+      }
+      cache.reserve(T);
+      if (opts.keyPadding) cache.markValid(opts.keyPadding);
+    }
+    const keyPadding = cache ? cache.keyPadding(L + T) : opts.keyPadding;
     const dh = headDim(c);
     const ropeOpts = { theta: c.ropeTheta, sections: c.ropeSections };
     for (let i = 0; i < c.layers; i++) {
@@ -131,13 +154,25 @@ export class Llm {
       const q = rope(heads(linear(h, this.p(`${pre}.self_attn.q_proj.weight`), this.p(`${pre}.self_attn.q_proj.bias`)), c.heads), positions, ropeOpts);
       const k = rope(heads(linear(h, this.p(`${pre}.self_attn.k_proj.weight`), this.p(`${pre}.self_attn.k_proj.bias`)), c.kvHeads), positions, ropeOpts);
       const v = heads(linear(h, this.p(`${pre}.self_attn.v_proj.weight`), this.p(`${pre}.self_attn.v_proj.bias`)), c.kvHeads);
-      const a = attention(q, k, v, { causal: true, keyPadding: opts.keyPadding }); // (B, H, T, dh)
+      let a: Tensor; // (B, H, T, dh)
+      if (cache) {
+        cache.write(i, k, v);
+        const ck = cache.keys(i, L + T);
+        const cv = cache.values(i, L + T);
+        a = attention(q, ck, cv, { causal: true, keyPadding, qOffset: L });
+        ck.dispose();
+        cv.dispose();
+      } else a = attention(q, k, v, { causal: true, keyPadding });
       const merged = reshape(permute(a, [0, 2, 1, 3]), [B, T, c.hidden]);
       x = add(x, linear(merged, this.p(`${pre}.self_attn.o_proj.weight`)));
       const h2 = rmsNorm(x, this.p(`${pre}.post_attention_layernorm.weight`), c.rmsEps);
       const gate = silu(linear(h2, this.p(`${pre}.mlp.gate_proj.weight`)));
       const up = linear(h2, this.p(`${pre}.mlp.up_proj.weight`));
       x = add(x, linear(mul(gate, up), this.p(`${pre}.mlp.down_proj.weight`)));
+    }
+    if (cache) {
+      keyPadding?.dispose();
+      cache.advance(T);
     }
     return rmsNorm(x, this.p('model.norm.weight'), c.rmsEps);
   }

@@ -46,6 +46,8 @@ export function resetStats(): void {
 // Op families and training pieces (one file each).
 export * from './ops/index-ops.ts';
 export * from './ops/matmul.ts';
+export * from './tune.ts';
+export * from './ops/swiglu.ts';
 export * from './ops/nn.ts';
 export * from './ops/attention.ts';
 export * from './ops/sample.ts';

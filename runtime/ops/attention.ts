@@ -87,6 +87,20 @@ function alignedStrides(t: Tensor, rank: number): number[] {
   return out;
 }
 
+/**
+ * Element strides (b, h, t) of a k/v operand whose rows are dense (unit stride along the
+ * head dim): size-1 dims get stride 0 so they never affect indexing or alignment checks.
+ */
+function rowStrides(t: Tensor): [number, number, number] {
+  const s = (i: number) => (t.shape[i] === 1 ? 0 : t.strides[i]);
+  return [s(0), s(1), s(2)];
+}
+
+/** True when the kernels can read t in place: each row of the head dim is dense. */
+function rowDense(t: Tensor): boolean {
+  return t.shape[3] <= 1 || t.strides[3] === 1;
+}
+
 /** The params shared by the forward, dQ and dK/dV kernels (layout in attention_fwd.wgsl). */
 function attentionParams(
   rows: number,
@@ -111,7 +125,8 @@ function attentionParams(
     .u32(dims.Hkv, dvBase)
     .u32(mask ? mask.offset : 0, ...ms)
     .u32(pad ? pad.offset : 0, ...ps)
-    .u32(qc.offset, kc.offset, vc.offset, 0);
+    .u32(qc.offset, kc.offset, vc.offset, 0)
+    .u32(...rowStrides(kc), ...rowStrides(vc));
 }
 
 /**
@@ -122,7 +137,8 @@ function defines(dims: Dims, pad: Tensor | undefined, ...ts: Tensor[]): Record<s
   const need = Math.max(dims.D, dims.Dv, 1);
   const maxD = MAX_D_CHOICES.find((c) => c >= need)!;
   const kpt = pad ? pad.dtype : 'f32';
-  if (dims.D % 4 === 0 && dims.Dv % 4 === 0 && ts.every((t) => t.offset % 4 === 0)) {
+  const aligned = (t: Tensor) => t.offset % 4 === 0 && (t.rank !== 4 || rowStrides(t).every((x) => x % 4 === 0));
+  if (dims.D % 4 === 0 && dims.Dv % 4 === 0 && ts.every(aligned)) {
     return { MAX_D: maxD / 4, KPT: kpt, VT: 'vec4<f32>', W: 4, DOT: 'dot(a, b)' };
   }
   return { MAX_D: maxD, KPT: kpt, VT: 'f32', W: 1, DOT: 'a * b' };
@@ -144,8 +160,11 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const flags = (opts.causal ? FLAG_CAUSAL : 0) | (mask ? FLAG_MASK : 0) | (pad ? FLAG_PADDING : 0);
   const label = `attention q ${shapeStr(q.shape)} k ${shapeStr(k.shape)} v ${shapeStr(v.shape)}`;
 
-  // Inputs may be views (the model passes permuted projections): the kernels want dense rows.
-  const [qc, kc, vc] = noGrad(() => [contiguous(q), contiguous(k), contiguous(v)]);
+  // Inputs may be views (the model passes permuted projections). The forward kernel wants q
+  // dense; k and v only need dense rows (any b / h / t strides), so a KV cache can pass
+  // views of its preallocated [B, Hkv, maxLen, D] buffers without a copy.
+  const inPlace = (t: Tensor) => (rowDense(t) ? t.view(t.shape, t.strides, t.offset) : contiguous(t));
+  const [qc, kc, vc] = noGrad(() => [contiguous(q), inPlace(k), inPlace(v)]);
   const rows = B * Hq * Tq;
   const out = empty([B, Hq, Tq, Dv]);
   const lse = empty([B, Hq, Tq]);
@@ -168,7 +187,10 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
     'attention',
     [q, k, v],
     (g, saved) => {
-      const [qs, ks, vs, os, ls] = saved;
+      const [qs, ksIn, vsIn, os, ls] = saved;
+      // The backward kernels index k and v densely: copy strided (cache) views first.
+      const ks = ksIn.isContiguous() ? ksIn : contiguous(ksIn);
+      const vs = vsIn.isContiguous() ? vsIn : contiguous(vsIn);
       const ms = mask ? saved[5] : undefined;
       const ps = pad ? saved[mask ? 6 : 5] : undefined;
       const gc = contiguous(g);
@@ -209,6 +231,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
       dkv.dispose();
       ld.dispose();
       gc.dispose();
+      if (ks !== ksIn) ks.dispose();
+      if (vs !== vsIn) vs.dispose();
       return [dq, dk, dv];
     },
     save,

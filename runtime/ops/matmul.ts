@@ -13,6 +13,9 @@
 // - shaders/matmul_vec4.wgsl / matmul_scalar.wgsl, for other adapters: 2D workgroups.
 // The vec4 forms (sg, vec4) need each operand's unit-stride axis to be a multiple of 4 long,
 // with 4-aligned offsets and other strides; the scalar forms take any layout and f16.
+// Kernel choice (`auto`): the autotuner's cached winner for the call's shape class
+// (runtime/tune.ts; matmulClassKey says what a class is), else a fixed per-adapter default
+// (pickKernel). Looking the cache up is synchronous and never touches the GPU.
 // Measurements and the reasons behind each choice: bench/matmul-log.md.
 import { Params, getEngine } from '../engine.ts';
 import { Tensor, empty, shapeStr } from '../tensor.ts';
@@ -20,6 +23,7 @@ import { noGrad, record } from '../autograd.ts';
 import { contiguous } from './copy.ts';
 import { sumTo } from './reduce.ts';
 import { assertFloat, checkF16, collapseDims, enableFor, padTo } from './util.ts';
+import { tunedKernel } from '../tune.ts';
 
 interface Variant {
   shader: 'matmul_sg' | 'matmul_sg_scalar' | 'matmul_vec4' | 'matmul_scalar';
@@ -30,25 +34,41 @@ interface Variant {
 }
 
 /**
- * Kernel variants by name; `auto` picks one per adapter, layout and size (measurements in
- * bench/matmul-log.md):
+ * Kernel variants by name. `auto` takes the autotuner's winner for the call's shape class
+ * when runtime/tune.ts has one cached for this adapter, else a fixed choice per adapter,
+ * layout and size (measurements in bench/matmul-log.md):
  * sg-*: CPU adapters with subgroups, vec4 layouts (rows shared across the SIMD lanes, see
  *   matmul_sg.wgsl); sgs-*: the same with scalar loads, for any layout and for f16;
- * vec4-4x8: other adapters, vec4 layouts; scalar-4x4: other adapters, any layout.
+ * vec4-*: vec4 layouts, 2D workgroups (vec4-4x8 is the default on other adapters; 8x8 has
+ *   more reuse per invocation, -r64 puts 64 invocations along one row tile for skinny M);
+ * scalar-4x4: any layout, any adapter.
+ * The tuner may pick any variant that can run a layout, so every one is covered by
+ * test/runtime/matmul.test.ts. Bump MATMUL_KERNEL_SET_VERSION when a variant changes.
  */
 export const MATMUL_KERNELS = {
   'sg-32x4': { shader: 'matmul_sg', TM: 32, TN: 4, WGX: 64, WGY: 1 },
+  'sg-16x4': { shader: 'matmul_sg', TM: 16, TN: 4, WGX: 64, WGY: 1 },
   'sg-8x4': { shader: 'matmul_sg', TM: 8, TN: 4, WGX: 64, WGY: 1 },
   'sgs-32x4': { shader: 'matmul_sg_scalar', TM: 32, TN: 4, WGX: 64, WGY: 1 },
+  'sgs-16x4': { shader: 'matmul_sg_scalar', TM: 16, TN: 4, WGX: 64, WGY: 1 },
   'sgs-8x4': { shader: 'matmul_sg_scalar', TM: 8, TN: 4, WGX: 64, WGY: 1 },
   'vec4-4x8': { shader: 'matmul_vec4', TM: 4, TN: 8, WGX: 8, WGY: 8 },
+  'vec4-8x8': { shader: 'matmul_vec4', TM: 8, TN: 8, WGX: 8, WGY: 8 },
+  'vec4-4x4-r64': { shader: 'matmul_vec4', TM: 4, TN: 4, WGX: 64, WGY: 1 },
   'scalar-4x4': { shader: 'matmul_scalar', TM: 4, TN: 4, WGX: 8, WGY: 8 },
 } as const satisfies Record<string, Variant>;
+
+/**
+ * Version of the kernel set: part of the tuning cache's adapter key, so winners measured
+ * with other kernels are not reused. Bump it whenever a variant or a matmul shader changes.
+ */
+export const MATMUL_KERNEL_SET_VERSION = 2;
 
 const isVec4 = (v: Variant) => v.shader === 'matmul_sg' || v.shader === 'matmul_vec4';
 const needsSubgroups = (v: Variant) => v.shader === 'matmul_sg' || v.shader === 'matmul_sg_scalar';
 
-export type MatmulKernel = 'auto' | keyof typeof MATMUL_KERNELS;
+export type MatmulKernelName = keyof typeof MATMUL_KERNELS;
+export type MatmulKernel = 'auto' | MatmulKernelName;
 
 export interface MatmulOptions {
   transposeA?: boolean;
@@ -134,88 +154,204 @@ function vec4Blocker(A: Operand, B: Operand, aBatch: number[], bBatch: number[],
   return null;
 }
 
+/** How a call's operands reach the kernel: layouts, sizes, batch strides (see planMatmul). */
+interface Plan {
+  /** The operands as read (a copy or a folded view where needed; see temps). */
+  a: Tensor;
+  b: Tensor;
+  A: Operand;
+  B: Operand;
+  /** Rows of the kernel's problem (M, or batch * M when the batch folds into the rows). */
+  Mk: number;
+  N: number;
+  K: number;
+  outShape: number[];
+  /** Collapsed batch shape the kernel loops over, and each operand's strides along it. */
+  zShape: number[];
+  aBatch: number[];
+  bBatch: number[];
+  aKMajor: boolean;
+  bKMajor: boolean;
+  /** Why the vec4 kernels cannot run this layout, or null when they can. */
+  blocker: string | null;
+  cls: MatmulClass;
+  /** Views and copies made for the kernel: dispose after dispatch. */
+  temps: Tensor[];
+}
+
+/**
+ * What the autotuner keys a winner on: dtype, layout (A then B: 'n' when A is K-major /
+ * B is N-major, 't' otherwise), whether the vec4 kernels can read it, the kernel's
+ * problem size and the batch count (after folding).
+ */
+export interface MatmulClass {
+  dtype: 'f32' | 'f16';
+  layout: 'nn' | 'nt' | 'tn' | 'tt';
+  vec4: boolean;
+  M: number;
+  N: number;
+  K: number;
+  batch: number;
+}
+
+const pow2Bucket = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(n, 1)));
+
+/** The tuning cache key of a class: M bucketed as 1, 2-8, 9-64, 65+; N and K by power of two. */
+export function matmulClassKey(c: MatmulClass): string {
+  const m = c.M <= 1 ? '1' : c.M <= 8 ? '2-8' : c.M <= 64 ? '9-64' : '65+';
+  return `${c.dtype} ${c.layout} ${c.vec4 ? 'vec4' : 'any'} M${m} N${pow2Bucket(c.N)} K${pow2Bucket(c.K)}${c.batch > 1 ? ' batched' : ''}`;
+}
+
+/**
+ * Validated operands A [..., M, K], B [..., K, N] (transposes applied through strides) as
+ * the kernel will read them. Returns null when the output is empty (nothing to run).
+ */
+function planMatmul(a: Tensor, b: Tensor, tA: boolean, tB: boolean, label: string): Plan | null {
+  const temps: Tensor[] = [];
+  let A = operand(a, tA);
+  let B = operand(b, tB);
+  const [M, K, N] = [A.rows, A.cols, B.cols];
+  const batch = batchShapeOf(label, a, b, `${shapeStr(a.shape)} and ${shapeStr(b.shape)}`);
+  const outShape = [...batch, M, N];
+  const nBatch = batch.reduce((x, z) => x * z, 1);
+  if (M === 0 || N === 0 || nBatch === 0) return null;
+
+  // Neither matrix dim has unit stride: copy (outside autograd; the caller records).
+  if (!hasUnitAxis(A)) (a = noGrad(() => contiguous(a)), temps.push(a), (A = operand(a, tA)));
+  if (!hasUnitAxis(B)) (b = noGrad(() => contiguous(b)), temps.push(b), (B = operand(b, tB)));
+
+  // b shared by the whole batch and a's batch laid out along M: one [batch*M, K] matrix.
+  let kb = batch;
+  if (!tA && a.rank > 2 && b.shape.slice(0, -2).every((d) => d === 1)) {
+    const f = foldRows(a);
+    if (f) (temps.push(f), (a = f), (A = operand(f, false)), (kb = []));
+  }
+  const Mk = A.rows;
+
+  const c = collapseDims(kb, [batchStrides(a, kb), batchStrides(b, kb)]);
+  const [aBatch, bBatch] = c.strides as [number[], number[]];
+  // Each operand reads vec4s along its unit-stride axis: K or M for A, K or N for B. A
+  // size-1 dim counts as unit-stride, so an operand may offer both; take a pair the vec4
+  // kernel can run when there is one.
+  const aModes = [A.cols === 1 || A.sCol === 1, A.rows === 1 || A.sRow === 1];
+  const bModes = [B.rows === 1 || B.sRow === 1, B.cols === 1 || B.sCol === 1];
+  const pairs: [boolean, boolean][] = [];
+  for (const aK of [true, false]) for (const bK of [true, false]) if (aModes[aK ? 0 : 1] && bModes[bK ? 0 : 1]) pairs.push([aK, bK]);
+  const tries = pairs.map(([aK, bK]) => ({ aK, bK, blocker: vec4Blocker(A, B, aBatch, bBatch, aK, bK) }));
+  const { aK: aKMajor, bK: bKMajor, blocker } = tries.find((x) => !x.blocker) ?? tries[0];
+  // The unit stride made explicit (a size-1 dim had its stride zeroed).
+  if (aKMajor) A.sCol = 1;
+  else A.sRow = 1;
+  if (bKMajor) B.sRow = 1;
+  else B.sCol = 1;
+  const cls: MatmulClass = {
+    dtype: a.dtype as MatmulClass['dtype'],
+    layout: `${aKMajor ? 'n' : 't'}${bKMajor ? 't' : 'n'}` as MatmulClass['layout'],
+    vec4: blocker === null,
+    M: Mk,
+    N,
+    K,
+    batch: c.shape.reduce((x, z) => x * z, 1),
+  };
+  return { a, b, A, B, Mk, N, K, outShape, zShape: c.shape, aBatch, bBatch, aKMajor, bKMajor, blocker, cls, temps };
+}
+
+/**
+ * The shape class a matmul(a, b, opts) call falls in (what the tuning cache is keyed on),
+ * or null for an empty output. Checks nothing beyond what the call itself would.
+ */
+export function matmulClassOf(a: Tensor, b: Tensor, opts: { transposeA?: boolean; transposeB?: boolean } = {}): MatmulClass | null {
+  const p = planMatmul(a, b, !!opts.transposeA, !!opts.transposeB, 'matmulClassOf');
+  for (const t of p?.temps ?? []) t.dispose();
+  return p ? p.cls : null;
+}
+
+/** Why kernel `name` cannot run a layout (blocker: why vec4 loads cannot), or null when it can. */
+function kernelBlocker(name: MatmulKernelName, blocker: string | null): string | null {
+  const v: Variant = MATMUL_KERNELS[name];
+  if (isVec4(v) && blocker) return `kernel ${name} cannot run this layout: ${blocker}`;
+  if (needsSubgroups(v) && !subgroupsUsable()) return `kernel ${name} needs subgroups of at least 8 invocations, which this adapter lacks`;
+  return null;
+}
+
+/** Which kernel a matmul call ran and why: the debug hook behind lastMatmulChoice(). */
+export interface MatmulChoice {
+  kernel: MatmulKernelName;
+  /** forced: opts.kernel; tuned: the tuning cache's winner; default: the fixed per-adapter choice. */
+  source: 'forced' | 'tuned' | 'default';
+  classKey: string;
+  label: string;
+}
+
+let lastChoice: MatmulChoice | null = null;
+
+/** The kernel the latest matmul/linear dispatch used (tests, benchmarks, debugging). */
+export function lastMatmulChoice(): MatmulChoice | null {
+  return lastChoice;
+}
+
 /**
  * Runs C = A @ B (+ bias) for operands already validated: A [..., M, K], B [..., K, N]
  * as logical matrices (transposes applied through strides). Returns [...batch, M, N].
  */
-function matmulKernel(a: Tensor, b: Tensor, tA: boolean, tB: boolean, bias: Tensor | null, kernel: MatmulKernel, label: string): Tensor {
-  const temps: Tensor[] = [];
+function matmulKernel(a0: Tensor, b0: Tensor, tA: boolean, tB: boolean, bias: Tensor | null, kernel: MatmulKernel, label: string): Tensor {
+  const p = planMatmul(a0, b0, tA, tB, label);
+  if (!p) {
+    const batch = batchShapeOf(label, a0, b0, `${shapeStr(a0.shape)} and ${shapeStr(b0.shape)}`);
+    return empty([...batch, operand(a0, tA).rows, operand(b0, tB).cols], a0.dtype);
+  }
   try {
-    let A = operand(a, tA);
-    let B = operand(b, tB);
-    const [M, K, N] = [A.rows, A.cols, B.cols];
-    const batch = batchShapeOf(label, a, b, `${shapeStr(a.shape)} and ${shapeStr(b.shape)}`);
-    const outShape = [...batch, M, N];
-    const y = empty(outShape, a.dtype);
-    const nBatch = batch.reduce((x, z) => x * z, 1);
-    if (M === 0 || N === 0 || nBatch === 0) return y;
-
-    // Neither matrix dim has unit stride: copy (outside autograd; the caller records).
-    if (!hasUnitAxis(A)) (a = noGrad(() => contiguous(a)), temps.push(a), (A = operand(a, tA)));
-    if (!hasUnitAxis(B)) (b = noGrad(() => contiguous(b)), temps.push(b), (B = operand(b, tB)));
-
-    // b shared by the whole batch and a's batch laid out along M: one [batch*M, K] matrix.
-    let kb = batch;
-    if (!tA && a.rank > 2 && b.shape.slice(0, -2).every((d) => d === 1)) {
-      const f = foldRows(a);
-      if (f) (temps.push(f), (a = f), (A = operand(f, false)), (kb = []));
-    }
-    const Mk = A.rows;
-
-    const c = collapseDims(kb, [batchStrides(a, kb), batchStrides(b, kb)]);
-    const [aBatch, bBatch] = c.strides as [number[], number[]];
-    // Each operand reads vec4s along its unit-stride axis: K or M for A, K or N for B. A
-    // size-1 dim counts as unit-stride, so an operand may offer both; take a pair the vec4
-    // kernel can run when there is one.
-    const aModes = [A.cols === 1 || A.sCol === 1, A.rows === 1 || A.sRow === 1];
-    const bModes = [B.rows === 1 || B.sRow === 1, B.cols === 1 || B.sCol === 1];
-    const pairs: [boolean, boolean][] = [];
-    for (const aK of [true, false]) for (const bK of [true, false]) if (aModes[aK ? 0 : 1] && bModes[bK ? 0 : 1]) pairs.push([aK, bK]);
-    const tries = pairs.map(([aK, bK]) => ({ aK, bK, blocker: vec4Blocker(A, B, aBatch, bBatch, aK, bK) }));
-    const { aK: aKMajor, bK: bKMajor, blocker } = tries.find((x) => !x.blocker) ?? tries[0];
-    // The unit stride made explicit (a size-1 dim had its stride zeroed).
-    if (aKMajor) A.sCol = 1;
-    else A.sRow = 1;
-    if (bKMajor) B.sRow = 1;
-    else B.sCol = 1;
-
-    let name: keyof typeof MATMUL_KERNELS;
-    if (kernel === 'auto') name = pickKernel(Mk, blocker === null);
-    else {
+    const { a, b, A, B, Mk, N, K } = p;
+    const key = matmulClassKey(p.cls);
+    let name: MatmulKernelName;
+    let source: MatmulChoice['source'];
+    if (kernel === 'auto') {
+      // The tuner's winner when it has one this call can run; the fixed choice otherwise.
+      const tuned = tunedKernel(key, p.cls);
+      if (tuned && Object.hasOwn(MATMUL_KERNELS, tuned) && !kernelBlocker(tuned as MatmulKernelName, p.blocker)) {
+        name = tuned as MatmulKernelName;
+        source = 'tuned';
+      } else {
+        name = pickKernel(Mk, p.blocker === null);
+        source = 'default';
+      }
+    } else {
       name = kernel;
-      const fv: Variant = MATMUL_KERNELS[name];
-      if (isVec4(fv) && blocker) throw new Error(`${label}: kernel ${name} cannot run this layout: ${blocker}`);
-      if (needsSubgroups(fv) && !subgroupsUsable()) throw new Error(`${label}: kernel ${name} needs subgroups of at least 8 invocations, which this adapter lacks`);
+      source = 'forced';
+      const why = kernelBlocker(name, p.blocker);
+      if (why) throw new Error(`${label}: ${why}`);
     }
     const v: Variant = MATMUL_KERNELS[name];
+    lastChoice = { kernel: name, source, classKey: key, label };
 
     const defines: Record<string, string | number> = { TM: v.TM, TN: v.TN, WGX: v.WGX, WGY: v.WGY };
-    if (isVec4(v)) Object.assign(defines, { A_KMAJOR: String(aKMajor), B_KMAJOR: String(bKMajor) });
+    if (isVec4(v)) Object.assign(defines, { A_KMAJOR: String(p.aKMajor), B_KMAJOR: String(p.bKMajor) });
     else Object.assign(defines, { T: a.dtype, ENABLE: enableFor(a.dtype) });
 
+    const y = empty(p.outShape, a.dtype);
     const eng = getEngine();
     const maxZ = eng.ctx.limits.maxComputeWorkgroupsPerDimension;
     const groups: [number, number] = [Math.ceil(N / (v.TN * v.WGX)), Math.ceil(Mk / (v.TM * v.WGY))];
-    const zTotal = c.shape.reduce((x, z) => x * z, 1);
+    const zTotal = p.cls.batch;
     for (let base = 0; base < zTotal; base += maxZ) {
-      const p = new Params()
-        .u32(Mk, N, K, c.shape.length)
+      const prm = new Params()
+        .u32(Mk, N, K, p.zShape.length)
         .u32(a.offset, b.offset, bias ? 1 : 0, base)
         .u32(A.sRow, A.sCol, B.sRow, B.sCol)
         .u32(bias?.offset ?? 0, bias && bias.shape[0] > 1 ? bias.strides[0] : 0, 0, 0)
-        .u32(...padTo(c.shape), ...padTo(aBatch, 0), ...padTo(bBatch, 0));
+        .u32(...padTo(p.zShape), ...padTo(p.aBatch, 0), ...padTo(p.bBatch, 0));
       eng.dispatch({
         shader: v.shader,
         defines,
-        params: p,
+        params: prm,
         buffers: [a.buf, b.buf, (bias ?? a).buf, y.buf],
         workgroups: [groups[0], groups[1], Math.min(maxZ, zTotal - base)],
-        label: `${label} ${shapeStr(outShape)} (${name})`,
+        label: `${label} ${shapeStr(p.outShape)} (${name})`,
       });
     }
     return y;
   } finally {
-    for (const t of temps) t.dispose();
+    for (const t of p.temps) t.dispose();
   }
 }
 
@@ -226,8 +362,19 @@ function subgroupsUsable(): boolean {
   return ctx.hasSubgroups && min >= 8;
 }
 
-/** The kernel for an adapter, problem size and layout (measured: bench/matmul-log.md). */
-function pickKernel(M: number, vec4: boolean): keyof typeof MATMUL_KERNELS {
+/**
+ * The variants that can run a class on this adapter (what the tuner times), the fixed
+ * default first.
+ */
+export function matmulCandidates(c: MatmulClass): MatmulKernelName[] {
+  const blocker = c.vec4 ? null : 'not vec4-aligned';
+  const all = (Object.keys(MATMUL_KERNELS) as MatmulKernelName[]).filter((n) => !kernelBlocker(n, blocker));
+  const def = pickKernel(c.M, c.vec4);
+  return [def, ...all.filter((n) => n !== def)];
+}
+
+/** The fixed kernel for an adapter, problem size and layout (measured: bench/matmul-log.md). */
+export function pickKernel(M: number, vec4: boolean): MatmulKernelName {
   // CPU adapters: loads cost per lane and element, so share A's rows across the subgroup; a
   // 32-row tile wastes work when M is small.
   if (getEngine().ctx.isSoftware && subgroupsUsable()) {

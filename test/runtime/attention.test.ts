@@ -230,6 +230,40 @@ describe('attention forward', () => {
     expectClose(got, refAttention(qDense, k, v, d, { causal: true }), 2e-5, 1e-4, 'views');
   });
 
+  it('reads k and v in place from strided views (a preallocated KV cache, permuted projections)', async () => {
+    // Scalar path (D = 5) and vec4 path (D = 8, strides and offsets multiples of 4).
+    for (const [D, maxLen, off] of [[5, 11, 3], [8, 12, 4]]) {
+      const d: Dims = { B: 2, Hq: 4, Hkv: 2, Tq: 3, Tk: 7, D, Dv: D };
+      const q = randArray(d.B * d.Hq * d.Tq * d.D, 61 + D);
+      const k = randArray(d.B * d.Hkv * d.Tk * d.D, 62 + D);
+      const v = randArray(d.B * d.Hkv * d.Tk * d.Dv, 63 + D);
+      // k lives in a cache [B, Hkv, maxLen, D] after `off` junk elements; v is stored [B, Tk, Hkv, D].
+      const kBuf = randArray(off + d.B * d.Hkv * maxLen * D, 64 + D, 50, 60);
+      const vBuf = randArray(off + d.B * d.Tk * d.Hkv * D, 65 + D, 50, 60);
+      for (let b = 0; b < d.B; b++)
+        for (let h = 0; h < d.Hkv; h++)
+          for (let j = 0; j < d.Tk; j++)
+            for (let x = 0; x < D; x++) {
+              const src = ((b * d.Hkv + h) * d.Tk + j) * D + x;
+              kBuf[off + ((b * d.Hkv + h) * maxLen + j) * D + x] = k[src];
+              vBuf[off + ((b * d.Tk + j) * d.Hkv + h) * D + x] = v[src];
+            }
+      const pad = randomPad(d, 66 + D);
+      const o: RefOpts = { causal: true, qOffset: 4, pad };
+      const got = await T.tidyAsync(async () => {
+        const kv = T.fromArray(f32(kBuf)).view([d.B, d.Hkv, d.Tk, D], [d.Hkv * maxLen * D, maxLen * D, D, 1], off);
+        const vv = T.fromArray(f32(vBuf)).view([d.B, d.Hkv, d.Tk, D], [d.Tk * d.Hkv * D, D, d.Hkv * D, 1], off);
+        const out = T.attention(T.fromArray(f32(q), [d.B, d.Hq, d.Tq, D]), kv, vv, {
+          causal: true,
+          qOffset: 4,
+          keyPadding: T.fromArray(Array.from(pad), [d.B, d.Tk], 'i32'),
+        });
+        return (await out.toArray()) as Float32Array;
+      });
+      expectClose(got, refAttention(q, k, v, d, o), 2e-5, 1e-4, `strided k/v, D = ${D}`);
+    }
+  });
+
   it('names the shapes in its errors', () => {
     T.tidy(() => {
       const q = T.zeros([1, 3, 2, 4]);
@@ -280,6 +314,26 @@ describe('attention backward', () => {
             mask: o.mask ? T.fromArray(f32(o.mask.data), o.mask.shape) : undefined,
           }),
         cpu: ([q, k, v]) => refAttention(q, k, v, d, o),
+      });
+    });
+  }
+
+  for (const D of [3, 4]) {
+    it(`gradients through strided k / v views (slices of a longer buffer), D = ${D}`, async () => {
+      const d: Dims = { B: 2, Hq: 2, Hkv: 1, Tq: 2, Tk: 4, D, Dv: D };
+      await checkOp({
+        inputs: [
+          { data: randArray(d.B * d.Hq * d.Tq * d.D, 71), shape: [d.B, d.Hq, d.Tq, d.D] },
+          { data: randArray(d.B * d.Hkv * d.Tk * d.D, 72), shape: [d.B, d.Hkv, d.Tk, d.D] },
+          { data: randArray(d.B * d.Hkv * d.Tk * d.Dv, 73), shape: [d.B, d.Hkv, d.Tk, d.Dv] },
+        ],
+        // pad + slice: k and v reach the kernel as views with a t-stride run longer than Tk.
+        gpu: ([q, k, v]) =>
+          T.attention(q, T.slice(T.pad(k, [[0, 4], [0, 0]]), 2, 0, d.Tk), T.slice(T.pad(v, [[2, 2], [0, 0]]), 2, 2, 2 + d.Tk), {
+            causal: true,
+            qOffset: 1,
+          }),
+        cpu: ([q, k, v]) => refAttention(q, k, v, d, { causal: true, qOffset: 1 }),
       });
     });
   }
