@@ -11,7 +11,6 @@ import {
   embedding,
   keep,
   linear,
-  mul,
   permute,
   randn,
   requireGrad,
@@ -19,7 +18,7 @@ import {
   rmsNorm,
   rope,
   shapeStr,
-  silu,
+  swiglu,
   ones,
   zeros,
 } from '../runtime/index.ts';
@@ -166,9 +165,9 @@ export class Llm {
       const merged = reshape(permute(a, [0, 2, 1, 3]), [B, T, c.hidden]);
       x = add(x, linear(merged, this.p(`${pre}.self_attn.o_proj.weight`)));
       const h2 = rmsNorm(x, this.p(`${pre}.post_attention_layernorm.weight`), c.rmsEps);
-      const gate = silu(linear(h2, this.p(`${pre}.mlp.gate_proj.weight`)));
+      const gate = linear(h2, this.p(`${pre}.mlp.gate_proj.weight`));
       const up = linear(h2, this.p(`${pre}.mlp.up_proj.weight`));
-      x = add(x, linear(mul(gate, up), this.p(`${pre}.mlp.down_proj.weight`)));
+      x = add(x, linear(swiglu(gate, up), this.p(`${pre}.mlp.down_proj.weight`)));
     }
     if (cache) {
       keyPadding?.dispose();

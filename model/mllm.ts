@@ -29,6 +29,9 @@ export class Mllm {
     if (config.llm.vocabSize !== tokenizer.vocabSize) {
       throw new RangeError(`model vocabulary ${config.llm.vocabSize} does not match the tokenizer's ${tokenizer.vocabSize}`);
     }
+    if (!config.llm.ropeSections || config.llm.ropeSections.length !== 3) {
+      throw new RangeError('the multimodal model needs M-RoPE: llm.ropeSections must list 3 sections (temporal, height, width)');
+    }
     if (config.vision.outHidden !== config.llm.hidden) {
       throw new RangeError(`vision outHidden ${config.vision.outHidden} must equal the LLM width ${config.llm.hidden}`);
     }

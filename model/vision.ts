@@ -20,7 +20,6 @@ import {
   gelu,
   keep,
   linear,
-  mul,
   ones,
   permute,
   randn,
@@ -28,7 +27,7 @@ import {
   reshape,
   rmsNorm,
   rope,
-  silu,
+  swiglu,
   slice,
   squeeze,
   zeros,
@@ -227,9 +226,9 @@ export class VisionEncoder {
       const merged = reshape(permute(a, [0, 2, 1, 3]), [B, T, c.hidden]);
       x = add(x, linear(merged, this.p(`${pre}.attn.proj.weight`), this.p(`${pre}.attn.proj.bias`)));
       const h2 = rmsNorm(x, this.p(`${pre}.norm2.weight`), c.rmsEps);
-      const gate = silu(linear(h2, this.p(`${pre}.mlp.gate_proj.weight`), this.p(`${pre}.mlp.gate_proj.bias`)));
+      const gate = linear(h2, this.p(`${pre}.mlp.gate_proj.weight`), this.p(`${pre}.mlp.gate_proj.bias`));
       const up = linear(h2, this.p(`${pre}.mlp.up_proj.weight`), this.p(`${pre}.mlp.up_proj.bias`));
-      x = add(x, linear(mul(gate, up), this.p(`${pre}.mlp.down_proj.weight`), this.p(`${pre}.mlp.down_proj.bias`)));
+      x = add(x, linear(swiglu(gate, up), this.p(`${pre}.mlp.down_proj.weight`), this.p(`${pre}.mlp.down_proj.bias`)));
     }
     return this.merge(x);
   }

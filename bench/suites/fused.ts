@@ -20,17 +20,20 @@ export interface FusedCheckReport extends CheckReport {
   extraBytes: number;
 }
 
+type Form = 'fused' | 'unfused';
+
 /** One op in its two forms on shared inputs. `run` records the op and returns its output (or null). */
 interface PairSpec<S> {
   name: string;
   params: Record<string, number | string | boolean>;
   work: Work;
-  setup(): S;
+  /** Inputs (and state) for one form; what only the composition reads is made for it alone. */
+  setup(form: Form): S;
   fused(s: S): Tensor | null;
   unfused(s: S): Tensor | null;
   /** Values to compare, from a fresh state: the output of `form`, or what it updated (AdamW). */
-  output(s: S, form: 'fused' | 'unfused'): Promise<Float32Array>;
-  reference(s: S): Float64Array;
+  output(s: S, form: Form): Promise<Float32Array>;
+  reference(): Float64Array;
   atol: number;
   rtol: number;
   teardown(s: S): void;
@@ -59,7 +62,7 @@ function pair<S>(spec: PairSpec<S>): BenchCase[] {
       params: { ...spec.params, form },
       work: spec.work,
       async setup() {
-        s = spec.setup();
+        s = spec.setup(form);
         await getEngine().sync();
       },
       async check(): Promise<FusedCheckReport> {
@@ -75,13 +78,12 @@ function pair<S>(spec: PairSpec<S>): BenchCase[] {
         // Values: this form and the other, each from a fresh state, against each other
         // and against float64.
         const other = form === 'fused' ? 'unfused' : 'fused';
-        const fresh = () => spec.setup();
-        const s1 = fresh();
-        const s2 = fresh();
+        const s1 = spec.setup(form);
+        const s2 = spec.setup(other);
         try {
           const mine = await spec.output(s1, form);
           const theirs = await spec.output(s2, other);
-          const want = spec.reference(s1);
+          const want = spec.reference();
           const r = checkClose(`${spec.name} (${form})`, mine, want, spec.atol, spec.rtol);
           checkClose(`${spec.name} (${form} vs ${other})`, mine, theirs, 2 * spec.atol, 2 * spec.rtol);
           return { ...r, peakBytes, extraBytes: peakBytes - before, note: `peak ${mib(peakBytes)} MiB, +${mib(peakBytes - before)} MiB over live inputs` };
@@ -184,15 +186,18 @@ function adamwPair(size: number): BenchCase[] {
   const [lr, b1, b2, eps, wd] = [1e-2, 0.9, 0.999, 1e-8, 0.1];
   const hp = randF32(size, 121);
   const hg = randF32(size, 122);
-  type S = { p: Tensor; g: Tensor; m: Tensor; v: Tensor; t: number; opt: rt.AdamW | null };
+  // m and v: the composition's moments, made at its first step (as AdamW makes its state).
+  type S = { p: Tensor; g: Tensor; m: Tensor | null; v: Tensor | null; t: number; opt: rt.AdamW | null };
   // One step of the composition; p, m and v are replaced by new tensors.
   const unfused = (s: S) => {
+    s.m ??= rt.zeros([size]);
+    s.v ??= rt.zeros([size]);
     s.t++;
     const bc1 = 1 - b1 ** s.t;
     const bc2 = 1 - b2 ** s.t;
     const [p, m, v] = rt.tidy(() => {
-      const m1 = rt.add(rt.mulScalar(s.m, b1), rt.mulScalar(s.g, 1 - b1));
-      const v1 = rt.add(rt.mulScalar(s.v, b2), rt.mulScalar(rt.mul(s.g, s.g), 1 - b2));
+      const m1 = rt.add(rt.mulScalar(s.m!, b1), rt.mulScalar(s.g, 1 - b1));
+      const v1 = rt.add(rt.mulScalar(s.v!, b2), rt.mulScalar(rt.mul(s.g, s.g), 1 - b2));
       const denom = rt.addScalar(rt.sqrt(rt.mulScalar(v1, 1 / bc2)), eps);
       const p1 = rt.sub(rt.mulScalar(s.p, 1 - lr * wd), rt.div(rt.mulScalar(m1, lr / bc1), denom));
       return [p1, m1, v1];
@@ -212,7 +217,7 @@ function adamwPair(size: number): BenchCase[] {
     params: { size, lr, weightDecay: wd },
     // Reads p, g, m, v and writes p, m, v.
     work: { bytes: 7 * size * 4 },
-    setup: () => ({ p: fromArray(hp, [size]), g: fromArray(hg, [size]), m: rt.zeros([size]), v: rt.zeros([size]), t: 0, opt: null }),
+    setup: () => ({ p: fromArray(hp, [size]), g: fromArray(hg, [size]), m: null, v: null, t: 0, opt: null }),
     fused: (s) => (fused(s), null),
     unfused: (s) => (unfused(s), null),
     output: async (s, f) => {
@@ -287,24 +292,24 @@ function ropePair(b: number, h: number, t: number, d: number): BenchCase[] {
       sinT[p * d + j] = Math.sin(a);
     }
   }
-  type S = { x: Tensor; pos: Tensor; cos: Tensor; sin: Tensor };
+  type S = { x: Tensor; pos: Tensor; cos: Tensor | null; sin: Tensor | null };
   const unfused = ({ x, cos, sin }: S) =>
     rt.tidy(() => {
       // x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x2, x1).
       const x1 = rt.slice(x, 3, 0, half);
       const x2 = rt.slice(x, 3, half, d);
       const rot = rt.concat([rt.neg(x2), x1], 3);
-      return rt.add(rt.mul(x, cos), rt.mul(rot, sin));
+      return rt.add(rt.mul(x, cos!), rt.mul(rot, sin!));
     });
   return pair<S>({
     name: `rope ${b}x${h}x${t}x${d}`,
     params: { batch: b, heads: h, t, d, theta },
     work: { bytes: 2 * b * h * t * d * 4 },
-    setup: () => ({
+    setup: (form) => ({
       x: fromArray(hx, [b, h, t, d]),
       pos: fromArray(Int32Array.from({ length: b * t }, (_, i) => i % t), [b, t], 'i32'),
-      cos: fromArray(cosT, [t, d]),
-      sin: fromArray(sinT, [t, d]),
+      cos: form === 'unfused' ? fromArray(cosT, [t, d]) : null,
+      sin: form === 'unfused' ? fromArray(sinT, [t, d]) : null,
     }),
     fused: ({ x, pos }) => rt.rope(x, pos, { theta }),
     unfused,
@@ -339,14 +344,14 @@ function attentionPair(b: number, h: number, t: number, d: number): BenchCase[] 
   const scale = 1 / Math.sqrt(d);
   const hm = new Float32Array(t * t);
   for (let i = 0; i < t; i++) for (let j = i + 1; j < t; j++) hm[i * t + j] = -Infinity;
-  type S = { q: Tensor; k: Tensor; v: Tensor; mask: Tensor };
+  type S = { q: Tensor; k: Tensor; v: Tensor; mask: Tensor | null };
   const unfused = ({ q, k, v, mask }: S) => {
     // softmax(q kᵀ · scale + causal mask) v, freeing each [b, h, t, t] temporary as soon as
     // it is used: the composition at its leanest.
     const sc = rt.matmul(q, k, { transposeB: true });
     const scaled = rt.mulScalar(sc, scale);
     sc.dispose();
-    const masked = rt.add(scaled, mask);
+    const masked = rt.add(scaled, mask!);
     scaled.dispose();
     const p = rt.softmax(masked, -1);
     masked.dispose();
@@ -358,9 +363,9 @@ function attentionPair(b: number, h: number, t: number, d: number): BenchCase[] 
     name: `attention causal b${b} h${h} t${t} d${d}`,
     params: { batch: b, heads: h, t, d, causal: true },
     work: { flops: 2 * b * h * t * t * d },
-    setup: () => {
+    setup: (form) => {
       const [q, k, v] = host.map((x) => fromArray(x, [b, h, t, d]));
-      return { q, k, v, mask: fromArray(hm, [t, t]) };
+      return { q, k, v, mask: form === 'unfused' ? fromArray(hm, [t, t]) : null };
     },
     fused: ({ q, k, v }) => rt.attention(q, k, v, { causal: true }),
     unfused,

@@ -32,3 +32,15 @@ export const TASKS: Record<number, string> = {
   4: 'image -> image',
   6: 'image + text -> image',
 };
+
+/** Every valid modality string, for validation. */
+export const MODALITIES: readonly Modality[] = ['text', 'image', 'image,text'];
+
+// Additive: the real M-BEIR release also carries the source record of each query and
+// candidate as a JSON string (often null). Kept when present so a round trip loses nothing.
+export interface MbeirQuery {
+  query_src_content?: string | null;
+}
+export interface MbeirCandidate {
+  src_content?: string | null;
+}

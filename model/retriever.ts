@@ -1,0 +1,254 @@
+// The first-stage retriever: an embedding model on the multimodal backbone, in the way of
+// E5-V and LamRA. A query or candidate (text, image, or both) is wrapped in a prompt that
+// asks the model to summarise it in one word; the final hidden state of the prompt's last
+// token, through a learned linear projection and L2 normalisation, is its embedding.
+// Cosine similarity of embeddings ranks candidates.
+//
+// The retriever owns its own Mllm (its own weights, e.g. loaded from the base checkpoint),
+// so training it never disturbs the reranker. Checkpoints are one folder:
+// model.safetensors (model.*, visual.* and retriever.proj.weight), config.json (the Mllm
+// config plus a `retriever` section), tokenizer.json.
+//
+// Batching: every input of a call runs in one forward pass. Sequences are right-padded;
+// causal attention never lets a real token see the padding, so each sequence's last real
+// position is read by gathering rows (no key-padding mask needed). All images of the
+// batch go through the vision encoder together, and the input rows are assembled with
+// one indexSelect from [token rows; image rows].
+import { join } from 'node:path';
+import {
+  type Tensor,
+  addScalar,
+  concat,
+  embedding,
+  fromArray,
+  indexSelect,
+  keep,
+  linear,
+  mul,
+  randn,
+  requireGrad,
+  reshape,
+  rsqrt,
+  sum,
+} from '../runtime/index.ts';
+import { loadCheckpointTensors, readConfig, saveCheckpoint } from './checkpoint.ts';
+import { type Preprocessed, patchPositions, patchify } from './image.ts';
+import { Mllm, type MllmConfig } from './mllm.ts';
+import { type Part, type QueryInput, type SequenceLayout, contentParts } from './sequence.ts';
+import { SPECIAL, type Tokenizer, loadTokenizer, saveTokenizer } from './tokenizer.ts';
+
+export const PROJ = 'retriever.proj.weight';
+
+/** The E5-V style prompt around the content (text of the prefix and of the suffix). */
+export interface RetrieverPrompt {
+  prefix: string;
+  suffix: string;
+}
+
+export const DEFAULT_PROMPT: RetrieverPrompt = {
+  prefix: `${SPECIAL.imStart}user\n`,
+  suffix: `\nSummarize the above in one word:${SPECIAL.imEnd}\n${SPECIAL.imStart}assistant\n`,
+};
+
+export interface RetrieverSettings {
+  /** Embedding size after the projection. */
+  embedDim: number;
+  prompt: RetrieverPrompt;
+}
+
+/** config.json of a retriever checkpoint: the backbone's config plus the retriever's own. */
+export interface RetrieverConfig extends MllmConfig {
+  retriever: RetrieverSettings;
+}
+
+/** What an index needs from a model: inputs to unit-norm embeddings [N, E]. */
+export interface Embedder {
+  readonly embedDim: number;
+  embed(inputs: readonly QueryInput[]): Tensor;
+}
+
+/** L2 normalisation of the rows of x [N, E] (eps keeps a zero row finite). */
+export function l2Normalize(x: Tensor, eps = 1e-12): Tensor {
+  return mul(x, rsqrt(addScalar(sum(mul(x, x), -1, true), eps)));
+}
+
+export class Retriever implements Embedder {
+  readonly embedDim: number;
+  readonly prompt: RetrieverPrompt;
+  private readonly prefixIds: number[];
+  private readonly suffixIds: number[];
+
+  constructor(
+    readonly mllm: Mllm,
+    /** The projection [embedDim, hidden]. */
+    readonly proj: Tensor,
+    settings: Partial<RetrieverSettings> = {},
+  ) {
+    const D = mllm.config.llm.hidden;
+    this.embedDim = settings.embedDim ?? proj.shape[0];
+    if (proj.rank !== 2 || proj.shape[0] !== this.embedDim || proj.shape[1] !== D) {
+      throw new RangeError(`retriever: projection has shape [${proj.shape}], expected [${this.embedDim}, ${D}] (embedDim, hidden)`);
+    }
+    this.prompt = settings.prompt ?? DEFAULT_PROMPT;
+    this.prefixIds = mllm.tokenizer.encode(this.prompt.prefix);
+    this.suffixIds = mllm.tokenizer.encode(this.prompt.suffix);
+    if (!this.suffixIds.length) throw new RangeError('retriever: the prompt suffix must not be empty (its last token is read)');
+  }
+
+  /** A fresh projection on top of `mllm` (taken over: disposing the retriever disposes it). */
+  static fromMllm(mllm: Mllm, embedDim: number, seed: number, prompt: RetrieverPrompt = DEFAULT_PROMPT): Retriever {
+    if (!Number.isInteger(embedDim) || embedDim < 1) throw new RangeError(`retriever: embedDim must be a positive integer, got ${embedDim}`);
+    const D = mllm.config.llm.hidden;
+    const proj = keep(requireGrad(randn([embedDim, D], { seed: seed * 7919 + 101, std: 1 / Math.sqrt(D) })));
+    proj.name = PROJ;
+    return new Retriever(mllm, proj, { embedDim, prompt });
+  }
+
+  /** A freshly initialised backbone and projection. */
+  static create(config: MllmConfig, tokenizer: Tokenizer, embedDim: number, seed: number, prompt?: RetrieverPrompt): Retriever {
+    return Retriever.fromMllm(Mllm.create(config, tokenizer, seed), embedDim, seed, prompt);
+  }
+
+  /** Starts from a base model checkpoint (its own copy of the weights) and a fresh projection. */
+  static async fromBase(dir: string, embedDim: number, seed: number, prompt?: RetrieverPrompt): Promise<Retriever> {
+    return Retriever.fromMllm(await Mllm.load(dir), embedDim, seed, prompt);
+  }
+
+  get tokenizer(): Tokenizer {
+    return this.mllm.tokenizer;
+  }
+
+  get config(): RetrieverConfig {
+    const c = this.mllm.config;
+    return {
+      architectures: ['RetrvRetriever'],
+      ...(c.preset ? { preset: c.preset } : {}),
+      llm: c.llm,
+      vision: c.vision,
+      imageSize: c.imageSize,
+      retriever: { embedDim: this.embedDim, prompt: this.prompt },
+    };
+  }
+
+  /** Every trainable tensor: the backbone's, then the projection. */
+  parameterList(): Tensor[] {
+    return [...this.mllm.parameterList(), this.proj];
+  }
+
+  async save(dir: string): Promise<void> {
+    const params = new Map(this.mllm.params);
+    params.set(PROJ, this.proj);
+    await saveCheckpoint(dir, params, this.config);
+    saveTokenizer(this.tokenizer, join(dir, 'tokenizer.json'));
+  }
+
+  /** Loads a retriever checkpoint folder; names and shapes are checked against its config. */
+  static async load(dir: string): Promise<Retriever> {
+    const config = readConfig<RetrieverConfig>(dir);
+    if (!config.llm || !config.vision || !config.retriever) {
+      throw new Error(`checkpoint ${dir}: config.json is not a retrv retriever config (needs llm, vision and retriever sections)`);
+    }
+    const tokenizer = loadTokenizer(join(dir, 'tokenizer.json'));
+    const { embedDim, prompt } = config.retriever;
+    const expected = { ...Mllm.parameterShapes(config), [PROJ]: [embedDim, config.llm.hidden] };
+    const tensors = await loadCheckpointTensors(dir, expected);
+    for (const [name, t] of tensors) {
+      t.name = name;
+      keep(requireGrad(t));
+    }
+    const proj = tensors.get(PROJ)!;
+    tensors.delete(PROJ);
+    const mllmConfig: MllmConfig = {
+      architectures: ['RetrvMllm'],
+      ...(config.preset ? { preset: config.preset } : {}),
+      llm: config.llm,
+      vision: config.vision,
+      imageSize: config.imageSize,
+    };
+    return new Retriever(new Mllm(mllmConfig, tensors, tokenizer), proj, { embedDim, prompt });
+  }
+
+  dispose(): void {
+    for (const t of this.parameterList()) t.dispose();
+  }
+
+  /** The prompt parts of one input. */
+  parts(x: QueryInput): Part[] {
+    return [{ ids: this.prefixIds }, ...contentParts(x), { ids: this.suffixIds }];
+  }
+
+  layout(x: QueryInput): SequenceLayout {
+    return this.mllm.layout(this.parts(x));
+  }
+
+  /** Unit-norm embeddings [N, E] of the inputs, in one batch. */
+  embed(inputs: readonly QueryInput[]): Tensor {
+    if (!inputs.length) throw new RangeError('retriever: embed needs at least one input');
+    return this.embedLayouts(inputs.map((x) => this.layout(x)));
+  }
+
+  /** Final hidden state at each sequence's last position [B, D], before the projection. */
+  lastHidden(layouts: readonly SequenceLayout[]): Tensor {
+    const B = layouts.length;
+    const T = Math.max(...layouts.map((l) => l.length));
+    const D = this.mllm.config.llm.hidden;
+    const pad = this.tokenizer.specialIds.pad;
+    const ids = new Int32Array(B * T).fill(pad);
+    const positions = new Int32Array(3 * B * T);
+    // Row of the input matrix for each position: its token row (b*T + t), or B*T + the
+    // image row that replaces it.
+    const rowMap = new Int32Array(B * T);
+    for (let i = 0; i < rowMap.length; i++) rowMap[i] = i;
+    const lastIdx = new Int32Array(B);
+    const images: { pre: Preprocessed; rows: number }[] = [];
+    let imageRow = 0;
+    layouts.forEach((l, b) => {
+      if (l.length === 0) throw new RangeError(`retriever: input ${b} is empty`);
+      ids.set(l.ids, b * T);
+      for (let r = 0; r < 3; r++) {
+        const row = l.positions.subarray(r * l.length, (r + 1) * l.length);
+        positions.set(row, r * B * T + b * T);
+        // Padding continues the positions (never attended to by real tokens).
+        const last = row[row.length - 1];
+        for (let t = l.length; t < T; t++) positions[r * B * T + b * T + t] = last + 1 + (t - l.length);
+      }
+      lastIdx[b] = b * T + l.length - 1;
+      for (const p of l.pieces) {
+        if (p.kind === 'embeds') throw new Error('retriever: embedding-row parts are not supported');
+        if (p.kind !== 'image') continue;
+        for (let k = 0; k < p.rows; k++) rowMap[b * T + p.start + k] = B * T + imageRow + k;
+        imageRow += p.rows;
+        images.push({ pre: p.image, rows: p.rows });
+      }
+    });
+    const table = this.mllm.llm.p('model.embed_tokens.weight');
+    let x = embedding(table, fromArray(ids, [B * T], 'i32'));
+    if (images.length) {
+      const v = this.mllm.vision;
+      const c = v.config;
+      const patchLen = 3 * c.patchSize * c.patchSize;
+      const lengths = images.map((im) => im.pre.gridH * im.pre.gridW);
+      const total = lengths.reduce((a, b) => a + b, 0);
+      const patches = new Float32Array(total * patchLen);
+      const pp = new Int32Array(2 * total);
+      let at = 0;
+      for (const im of images) {
+        const n = im.pre.gridH * im.pre.gridW;
+        patches.set(patchify(im.pre, c.patchSize, c.mergeSize), at * patchLen);
+        const pos = patchPositions(im.pre.gridH, im.pre.gridW, c.mergeSize);
+        pp.set(pos.subarray(0, n), at);
+        pp.set(pos.subarray(n, 2 * n), total + at);
+        at += n;
+      }
+      const imageRows = v.forward(fromArray(patches, [total, patchLen]), pp, lengths);
+      x = indexSelect(concat([x, imageRows], 0), 0, fromArray(rowMap, [B * T], 'i32'));
+    }
+    const h = this.mllm.llm.forwardEmbeds(reshape(x, [B, T, D]), fromArray(positions, [3, B, T], 'i32'));
+    return indexSelect(reshape(h, [B * T, D]), 0, fromArray(lastIdx, [B], 'i32'));
+  }
+
+  /** Unit-norm embeddings [B, E] of laid-out sequences. */
+  embedLayouts(layouts: readonly SequenceLayout[]): Tensor {
+    return l2Normalize(linear(this.lastHidden(layouts), this.proj));
+  }
+}

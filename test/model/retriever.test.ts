@@ -1,0 +1,196 @@
+// The first-stage retriever: batched embeddings of mixed inputs (shape, unit norm, batch
+// invariance), checkpoints, InfoNCE logits with duplicate masking, and training on a tiny
+// synthetic task (coloured shapes vs captions, words vs glosses) until every query finds
+// its positive, with a resume that reproduces an uninterrupted run.
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { fromArray, noGrad, tidy } from '../../runtime/index.ts';
+import { type Preprocessed, preprocess } from '../../model/image.ts';
+import { Mllm, type MllmConfig } from '../../model/mllm.ts';
+import { PRESETS, withVocab } from '../../model/presets.ts';
+import { DEFAULT_PROMPT, Retriever } from '../../model/retriever.ts';
+import { trainBpe } from '../../model/tokenizer.ts';
+import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankWithRetriever, trainRetriever } from '../../train/retriever.ts';
+import { computeRecall } from '../../train/eval/recall.ts';
+import { expectClose } from '../helpers.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'retrv-retriever-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const captions = ['a red square', 'a green circle', 'a blue triangle', 'a yellow cross'];
+const words = ['sun', 'moon', 'rain', 'snow'];
+const glosses = ['hot and bright', 'pale at night', 'wet drops', 'cold flakes'];
+const promptText = DEFAULT_PROMPT.prefix + DEFAULT_PROMPT.suffix;
+const tok = trainBpe([...captions, ...words, ...glosses, promptText, promptText], { vocabSize: PRESETS.tiny.vocabSize });
+const cfg = withVocab(PRESETS.tiny, tok.vocabSize);
+const config: MllmConfig = { architectures: ['RetrvMllm'], preset: 'tiny', llm: cfg.llm, vision: cfg.vision, imageSize: PRESETS.tiny.imageSize };
+const E = 32;
+
+/** A 32x32 picture: a coloured shape on white, distinct per class. */
+function picture(k: number, size = 32): Preprocessed {
+  const S = size;
+  const c0 = S / 2;
+  const r = (9 * S) / 32;
+  const rgba = new Uint8Array(S * S * 4).fill(255);
+  const colours = [[220, 30, 30], [30, 200, 30], [30, 30, 220], [230, 220, 20]];
+  for (let y = 0; y < S; y++) {
+    for (let x = 0; x < S; x++) {
+      const dx = x - c0, dy = y - c0;
+      const inside = [Math.abs(dx) < r && Math.abs(dy) < r, dx * dx + dy * dy < r * r, dy > -r && Math.abs(dx) < (dy + r) / 2, Math.abs(dx) < r / 3 || Math.abs(dy) < r / 3][k];
+      if (inside) rgba.set([...colours[k], 255], (y * S + x) * 4);
+    }
+  }
+  return preprocess({ width: S, height: S, rgba }, { patchSize: config.vision.patchSize, mergeSize: 2, targetSize: S });
+}
+
+const embedRows = async (r: Retriever, inputs: Parameters<Retriever['embed']>[0]) => {
+  const t = noGrad(() => tidy(() => r.embed(inputs)));
+  const a = (await t.toArray()) as Float32Array;
+  const shape = [...t.shape];
+  t.dispose();
+  return { a, shape };
+};
+
+describe('retriever embeddings', () => {
+  it('embeds a mixed batch with shape [N, E], unit rows, and the same rows as one at a time', async () => {
+    const r = Retriever.create(config, tok, E, 1);
+    // Images of two sizes (a 2x2 and a 4x4 merged grid) exercise the vision encoder's mixed batch.
+    const inputs = [{ text: 'a red square' }, { image: picture(0) }, { image: picture(2), text: 'blue' }, { text: 'moon' }, { image: picture(1, 64) }];
+    const { a, shape } = await embedRows(r, inputs);
+    expect(shape).toEqual([inputs.length, E]);
+    for (let i = 0; i < inputs.length; i++) {
+      let n = 0;
+      for (let j = 0; j < E; j++) n += a[i * E + j] ** 2;
+      expect(Math.sqrt(n)).toBeCloseTo(1, 5);
+    }
+    for (let i = 0; i < inputs.length; i++) {
+      const one = await embedRows(r, [inputs[i]]);
+      expectClose(one.a, a.subarray(i * E, (i + 1) * E), 2e-5, 1e-4, `input ${i} alone vs in the batch`);
+    }
+    // Different contents give different embeddings.
+    const d = (i: number, j: number) => Math.max(...Array.from({ length: E }, (_, c) => Math.abs(a[i * E + c] - a[j * E + c])));
+    expect(d(0, 3)).toBeGreaterThan(1e-3);
+    expect(d(1, 2)).toBeGreaterThan(1e-3);
+    expect(() => r.embed([])).toThrow(/at least one input/);
+    expect(() => r.embed([{}])).toThrow(/text, an image, or both/);
+    r.dispose();
+  });
+
+  it('saves and loads a checkpoint, and starts from a base model checkpoint', async () => {
+    const r = Retriever.create(config, tok, E, 2);
+    const inputs = [{ text: 'a blue triangle' }, { image: picture(3) }];
+    const before = await embedRows(r, inputs);
+    await r.save(join(dir, 'ck'));
+    const again = await Retriever.load(join(dir, 'ck'));
+    expect(again.embedDim).toBe(E);
+    expect(again.config.retriever.prompt).toEqual(DEFAULT_PROMPT);
+    expectClose((await embedRows(again, inputs)).a, before.a, 0, 0, 'embeddings after reload');
+    await expect(Mllm.load(join(dir, 'ck'))).rejects.toThrow(/unexpected retriever\.proj\.weight/);
+
+    // A retriever from a base MLLM checkpoint has the base's backbone weights.
+    const base = Mllm.create(config, tok, 5);
+    await base.save(join(dir, 'base'));
+    const fromBase = await Retriever.fromBase(join(dir, 'base'), 16, 3);
+    const name = 'model.layers.1.mlp.up_proj.weight';
+    expectClose(await fromBase.mllm.params.get(name)!.toArray(), await base.params.get(name)!.toArray(), 0, 0, name);
+    expect((await embedRows(fromBase, inputs)).shape).toEqual([2, 16]);
+    await expect(Retriever.load(join(dir, 'base'))).rejects.toThrow(/not a retrv retriever config/);
+    for (const m of [r, again, fromBase]) m.dispose();
+    for (const t of base.parameterList()) t.dispose();
+  });
+});
+
+describe('retriever training', () => {
+  // 4 image -> caption triples (M-BEIR task 3) and 4 word -> gloss triples (task 1). Two
+  // image triples carry a hard negative that is another triple's positive: the row of
+  // that triple masks it (a duplicate of its own positive is not a negative).
+  const triples: Triple[] = [
+    ...captions.map((c, k) => ({
+      query: { image: picture(k) },
+      positive: { text: c },
+      positiveId: `cap${k}`,
+      ...(k < 2 ? { negative: { text: captions[k + 1] }, negativeId: `cap${k + 1}` } : {}),
+    })),
+    ...words.map((w, k) => ({ query: { text: w }, positive: { text: glosses[k] }, positiveId: `gloss${k}` })),
+  ];
+
+  it('masks a column that repeats a row\'s positive', async () => {
+    const r = Retriever.create(config, tok, E, 4);
+    const batch = [triples[0], triples[1], triples[2]];
+    const { logits, targets } = noGrad(() => tidy(() => contrastiveLogits(r, batch, fromArray([20], [1]))));
+    // Columns: positives cap0 cap1 cap2, negatives cap1 (of row 0) cap2 (of row 1).
+    expect(logits.shape).toEqual([3, 5]);
+    const l = await logits.toArray();
+    const masked = [[1, 3], [2, 4]]; // row 1: column 3 (cap1 again); row 2: column 4 (cap2 again)
+    for (let i = 0; i < 3; i++) {
+      for (let j = 0; j < 5; j++) {
+        const isMasked = masked.some(([a, b]) => a === i && b === j);
+        if (isMasked) expect(l[i * 5 + j]).toBeLessThan(-9000);
+        else expect(Math.abs(l[i * 5 + j])).toBeLessThanOrEqual(20 + 1e-4);
+      }
+    }
+    expect(Array.from(await targets.toArray())).toEqual([0, 1, 2]);
+    logits.dispose();
+    targets.dispose();
+    r.dispose();
+  });
+
+  it('InfoNCE on a tiny synthetic task reaches in-batch accuracy 1 and Recall@1 far above random', async () => {
+    const lines: string[] = [];
+    const t0 = performance.now();
+    const { retriever, history } = await trainRetriever(() => Retriever.create(config, tok, E, 3), arrayTripleSource(triples, 1), {
+      steps: 40,
+      batchSize: 8,
+      lr: 3e-3,
+      warmup: 3,
+      logEvery: 10,
+      log: (l) => lines.push(l),
+    });
+    console.log(`${lines.join('\n')}\ntrained in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    expect(lines).toHaveLength(4);
+    expect(lines[0]).toMatch(/^retriever step 10\/40 {2}loss \d+\.\d{4} {2}in-batch acc \d\.\d{3} {2}tau 0\.0500/);
+    expect(history).toHaveLength(40);
+    expect(history.at(-1)!.loss).toBeLessThan(history[0].loss / 10);
+    expect(history.slice(-3).every((h) => h.accuracy === 1)).toBe(true);
+
+    // Retrieval over the pool of all 8 positives: random Recall@1 would be 1/8.
+    const pool = [...captions.map((c, k) => ({ id: `cap${k}`, input: { text: c } })), ...glosses.map((g, k) => ({ id: `gloss${k}`, input: { text: g } }))];
+    const queries = triples.map((t, i) => ({ qid: `q${i}`, input: t.query }));
+    const progress: number[] = [];
+    const ranked = await rankWithRetriever(retriever, pool, queries, 5, { batchSize: 3, onProgress: (done) => progress.push(done) });
+    expect(progress).toEqual([3, 6, 8]);
+    const report = computeRecall(triples.map((t, i) => ({ qid: `q${i}`, task_id: i < 4 ? 3 : 1, pos_cand_list: [t.positiveId!] })), ranked, [1, 5]);
+    expect(report.micro['R@1']).toBeGreaterThanOrEqual(0.75);
+    for (const t of report.tasks) expect(t.recall['R@1']).toBeGreaterThanOrEqual(0.5);
+    retriever.dispose();
+  });
+
+  it('a resumed run repeats the uninterrupted one (learned temperature, checkpoints pruned)', async () => {
+    // A flat schedule (minLr = lr): the interrupted run is a shorter run, so a cosine over
+    // its own length would differ from the uninterrupted one's.
+    const opts = { batchSize: 4, lr: 2e-3, minLr: 2e-3, learnTemperature: true, temperature: 0.1, logEvery: 0 } as const;
+    const init = () => Retriever.create(config, tok, E, 7);
+    const straight = await trainRetriever(init, arrayTripleSource(triples, 2), { ...opts, steps: 4 });
+    const out = join(dir, 'run');
+    const first = await trainRetriever(init, arrayTripleSource(triples, 2), { ...opts, steps: 2, outDir: out, checkpointEvery: 1, keep: 2 });
+    expect(first.history.map((h) => h.loss)).toEqual(straight.history.slice(0, 2).map((h) => h.loss));
+    expect(latestCheckpoint(out)?.step).toBe(2);
+    expect(readdirSync(out).filter((d) => d.startsWith('step-')).sort()).toEqual(['step-000001', 'step-000002']);
+    const lines: string[] = [];
+    const second = await trainRetriever(() => {
+      throw new Error('init must not run when resuming');
+    }, arrayTripleSource(triples, 2), { ...opts, steps: 4, outDir: out, resume: true, checkpointEvery: 1, keep: 2, log: (l) => lines.push(l) });
+    expect(lines[0]).toMatch(/resumed from .*step-000002 at step 2/);
+    expect(second.startStep).toBe(2);
+    expect(second.history.map((h) => h.step)).toEqual([3, 4]);
+    // The learned temperature moved, and the resumed steps match the uninterrupted ones.
+    expect(straight.history.at(-1)!.temperature).not.toBe(0.1);
+    expectClose(second.history.map((h) => h.loss), straight.history.slice(2).map((h) => h.loss), 1e-5, 1e-4, 'losses after resume');
+    expectClose(second.history.map((h) => h.temperature), straight.history.slice(2).map((h) => h.temperature), 1e-6, 1e-5, 'temperature after resume');
+    expect(readdirSync(out).filter((d) => d.startsWith('step-')).sort()).toEqual(['step-000003', 'step-000004']);
+    expect(existsSync(join(out, 'step-000004', 'optimizer.safetensors'))).toBe(true);
+    for (const m of [straight.retriever, first.retriever, second.retriever]) m.dispose();
+  });
+});

@@ -1,0 +1,318 @@
+// InfoNCE training of the first-stage retriever.
+//
+// A batch holds B (query, positive, optional hard negative) triples. Every input of the
+// batch is embedded in one forward pass; with queries q [B, E] and candidates
+// c = [positives; hard negatives] [B + N, E] (unit rows), the logits are q c^T / tau, and
+// the loss is the cross-entropy of row i against column i (its positive): every other
+// positive is an in-batch negative, every hard negative a negative for every query.
+// When triples carry candidate ids, a column holding the same candidate as a row's
+// positive is masked out of that row (a duplicate is not a negative).
+//
+// Temperature: fixed by default (tau = 0.05, as in E5-V/LamRA-style contrastive tuning);
+// with learnTemperature it is learned as CLIP does, a log-scale parameter
+// (logit scale = 1/tau, initialised from `temperature`, capped at 100), saved with the
+// optimizer state.
+//
+// Data come from a TripleSource whose batch(step, size) is deterministic in `step`, so a
+// resumed run sees the batches it would have seen. Checkpoints: outDir/step-NNNNNN/ holds
+// the retriever checkpoint plus optimizer.safetensors and state.json; outDir/latest.json
+// names the newest complete one (written last, atomically); older ones are pruned.
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  AdamW,
+  type Tensor,
+  add,
+  argmax,
+  backward,
+  clamp,
+  clipGradNorm,
+  cosineSchedule,
+  crossEntropy,
+  exp,
+  fromArray,
+  keep,
+  loadSafetensors,
+  matmul,
+  mul,
+  mulScalar,
+  requireGrad,
+  saveSafetensors,
+  slice,
+  tidy,
+} from '../runtime/index.ts';
+import { Rng } from '../runtime/random.ts';
+import { CorpusIndex, type EmbedPoolOptions, type PoolItem, retrieve } from '../model/corpus-index.ts';
+import { Retriever } from '../model/retriever.ts';
+import type { QueryInput } from '../model/sequence.ts';
+
+/** One training example: a query, its positive, and optionally a hard negative. */
+export interface Triple {
+  query: QueryInput;
+  positive: QueryInput;
+  negative?: QueryInput;
+  /** Candidate ids (optional): used to mask duplicates of a row's positive. */
+  positiveId?: string;
+  negativeId?: string;
+}
+
+/** Training data: the batch for a step, the same every time it is asked for. */
+export interface TripleSource {
+  batch(step: number, size: number): Triple[] | Promise<Triple[]>;
+}
+
+/**
+ * Triples from a list, reshuffled every epoch (seeded); a batch never spans two epochs,
+ * so no triple appears twice in one batch (the epoch's remainder is dropped).
+ */
+export function arrayTripleSource(triples: readonly Triple[], seed = 0): TripleSource {
+  const perms = new Map<number, Int32Array>();
+  const perm = (epoch: number): Int32Array => {
+    let p = perms.get(epoch);
+    if (!p) {
+      const rng = new Rng(seed * 1000003 + epoch);
+      p = Int32Array.from(triples.keys());
+      for (let i = p.length - 1; i > 0; i--) {
+        const j = rng.int(i + 1);
+        [p[i], p[j]] = [p[j], p[i]];
+      }
+      if (perms.size > 4) perms.delete(perms.keys().next().value!);
+      perms.set(epoch, p);
+    }
+    return p;
+  };
+  return {
+    batch(step: number, size: number): Triple[] {
+      if (size > triples.length) throw new RangeError(`arrayTripleSource: batch size ${size} is larger than the ${triples.length} triples`);
+      const perEpoch = Math.floor(triples.length / size);
+      const p = perm(Math.floor(step / perEpoch));
+      const at = (step % perEpoch) * size;
+      return Array.from(p.subarray(at, at + size), (i) => triples[i]);
+    },
+  };
+}
+
+export interface RetrieverTrainOptions {
+  steps: number;
+  batchSize: number;
+  /** Peak learning rate (default 1e-4). */
+  lr?: number;
+  warmup?: number;
+  /** Cosine floor (default lr / 10). */
+  minLr?: number;
+  weightDecay?: number;
+  /** Gradient norm clip (default 1). */
+  clip?: number;
+  /** Softmax temperature tau (default 0.05); its starting value when learned. */
+  temperature?: number;
+  learnTemperature?: boolean;
+  /** A progress line every N steps (default 10); 0 for none. */
+  logEvery?: number;
+  log?: (line: string) => void;
+  outDir?: string;
+  /** Checkpoint every N steps (default 0: only at the end, when outDir is set). */
+  checkpointEvery?: number;
+  /** Continue from outDir/latest.json when there is one. */
+  resume?: boolean;
+  /** Checkpoints kept (default 2). */
+  keep?: number;
+  onStep?: (info: RetrieverStepInfo) => void;
+}
+
+export interface RetrieverStepInfo {
+  step: number;
+  loss: number;
+  /** Share of queries whose positive scores highest among all candidates of the batch. */
+  accuracy: number;
+  temperature: number;
+  lr: number;
+  ms: number;
+}
+
+const LOGIT_SCALE = 'train.logit_scale';
+const MAX_LOGIT_SCALE = 100;
+
+interface TrainState {
+  step: number;
+  temperature: number;
+  learnTemperature: boolean;
+}
+
+/** The newest complete checkpoint folder in outDir, if any. */
+export function latestCheckpoint(outDir: string): { dir: string; step: number } | null {
+  const path = join(outDir, 'latest.json');
+  if (!existsSync(path)) return null;
+  const { dir, step } = JSON.parse(readFileSync(path, 'utf8')) as { dir: string; step: number };
+  return { dir: join(outDir, dir), step };
+}
+
+function writeJsonAtomic(path: string, value: unknown): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');
+  renameSync(tmp, path);
+}
+
+/**
+ * Logits [B, C] of the queries against [positives; hard negatives] times `scale` (1/tau),
+ * duplicates of a row's positive masked out, and the targets (row i -> column i).
+ */
+export function contrastiveLogits(retriever: Retriever, batch: readonly Triple[], scale: Tensor): { logits: Tensor; targets: Tensor } {
+  const B = batch.length;
+  const negs = batch.filter((t) => t.negative);
+  const inputs = [...batch.map((t) => t.query), ...batch.map((t) => t.positive), ...negs.map((t) => t.negative!)];
+  const all = retriever.embed(inputs);
+  const q = slice(all, 0, 0, B);
+  const c = slice(all, 0, B, inputs.length);
+  let logits = mul(matmul(q, c, { transposeB: true }), scale);
+  const colIds = [...batch.map((t) => t.positiveId), ...negs.map((t) => t.negativeId)];
+  const C = colIds.length;
+  const mask = new Float32Array(B * C);
+  let masked = false;
+  batch.forEach((t, i) => {
+    if (t.positiveId === undefined) return;
+    colIds.forEach((id, j) => {
+      if (j !== i && id === t.positiveId) {
+        mask[i * C + j] = -1e4;
+        masked = true;
+      }
+    });
+  });
+  if (masked) logits = add(logits, fromArray(mask, [B, C]));
+  return { logits, targets: fromArray(Int32Array.from(batch.keys()), [B], 'i32') };
+}
+
+/**
+ * Trains a retriever with InfoNCE. `init` makes the starting model (called unless a
+ * checkpoint is resumed). Returns the model and the steps run by this call.
+ */
+export async function trainRetriever(init: () => Retriever | Promise<Retriever>, source: TripleSource, o: RetrieverTrainOptions): Promise<{ retriever: Retriever; history: RetrieverStepInfo[]; startStep: number }> {
+  const lr = o.lr ?? 1e-4;
+  const tau0 = o.temperature ?? 0.05;
+  const learnTau = !!o.learnTemperature;
+  const logEvery = o.logEvery ?? 10;
+  const log = o.log ?? ((line: string) => console.log(line));
+  if (!(tau0 > 0)) throw new RangeError(`trainRetriever: temperature must be > 0, got ${tau0}`);
+  if (!Number.isInteger(o.batchSize) || o.batchSize < 2) throw new RangeError(`trainRetriever: batchSize must be an integer >= 2 (in-batch negatives), got ${o.batchSize}`);
+
+  const resumeFrom = o.resume && o.outDir ? latestCheckpoint(o.outDir) : null;
+  let startStep = 0;
+  let savedOpt: Record<string, Tensor> | null = null;
+  let logScaleValue = Math.log(1 / tau0);
+  if (resumeFrom) {
+    const state = JSON.parse(readFileSync(join(resumeFrom.dir, 'state.json'), 'utf8')) as TrainState;
+    if (state.learnTemperature !== learnTau) throw new Error(`trainRetriever: checkpoint ${resumeFrom.dir} was trained with learnTemperature ${state.learnTemperature}, this run asks for ${learnTau}`);
+    savedOpt = (await loadSafetensors(join(resumeFrom.dir, 'optimizer.safetensors'), { dtype: 'f32' })).tensors;
+    const saved = savedOpt[LOGIT_SCALE];
+    if (saved) {
+      logScaleValue = (await saved.toArray())[0];
+      saved.dispose();
+      delete savedOpt[LOGIT_SCALE];
+    }
+    startStep = state.step;
+  }
+  const retriever = resumeFrom ? await Retriever.load(resumeFrom.dir) : await init();
+  const logScale = keep(requireGrad(fromArray([logScaleValue], [1]), learnTau));
+  logScale.name = LOGIT_SCALE;
+  // Sorted by name: the optimizer's state is positional too, and a loaded checkpoint's
+  // parameter order need not match a fresh model's.
+  const params = retriever.parameterList().sort((a, b) => (a.name! < b.name! ? -1 : a.name! > b.name! ? 1 : 0));
+  const wd = o.weightDecay ?? 0.01;
+  const groups = [
+    { params: params.filter((p) => p.rank >= 2), weightDecay: wd },
+    { params: [...params.filter((p) => p.rank < 2), ...(learnTau ? [logScale] : [])], weightDecay: 0 },
+  ];
+  const opt = new AdamW(groups, { lr, betas: [0.9, 0.98], weightDecay: wd });
+  const schedule = cosineSchedule({ peakLr: lr, warmupSteps: o.warmup ?? 0, totalSteps: Math.max(o.steps, o.warmup ?? 0), minLr: o.minLr ?? lr / 10 });
+  if (savedOpt) {
+    try {
+      await opt.loadStateDict(savedOpt);
+    } finally {
+      for (const t of Object.values(savedOpt)) t.dispose();
+    }
+    log(`retriever: resumed from ${resumeFrom!.dir} at step ${startStep}`);
+  }
+
+  const history: RetrieverStepInfo[] = [];
+  let win = { loss: 0, acc: 0, n: 0, ms: 0 };
+  const saveCheckpoint = async (step: number) => {
+    if (!o.outDir) return;
+    const name = `step-${String(step).padStart(6, '0')}`;
+    const dir = join(o.outDir, name);
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    await retriever.save(dir);
+    const sd = opt.stateDict();
+    try {
+      await saveSafetensors(join(dir, 'optimizer.safetensors'), { ...sd, [LOGIT_SCALE]: logScale });
+    } finally {
+      for (const t of Object.values(sd)) t.dispose();
+    }
+    writeJsonAtomic(join(dir, 'state.json'), { step, temperature: tau0, learnTemperature: learnTau } satisfies TrainState);
+    writeJsonAtomic(join(o.outDir, 'latest.json'), { dir: name, step });
+    const keepN = o.keep ?? 2;
+    const old = readdirSync(o.outDir).filter((d) => /^step-\d+$/.test(d) && d !== name).sort();
+    for (const d of old.slice(0, Math.max(0, old.length - (keepN - 1)))) rmSync(join(o.outDir, d), { recursive: true, force: true });
+  };
+
+  try {
+    for (let step = startStep; step < o.steps; step++) {
+      const t0 = performance.now();
+      const batch = await source.batch(step, o.batchSize);
+      if (batch.length < 2) throw new RangeError(`trainRetriever: step ${step}: the source gave ${batch.length} triples (need >= 2)`);
+      const stepLr = schedule(step);
+      const { loss, pred, scale } = tidy(() => {
+        const scale = learnTau ? exp(clamp(logScale, -Infinity, Math.log(MAX_LOGIT_SCALE))) : mulScalar(fromArray([1], [1]), 1 / tau0);
+        const { logits, targets } = contrastiveLogits(retriever, batch, scale);
+        const loss = crossEntropy(logits, targets);
+        backward(loss);
+        clipGradNorm(opt.params, o.clip ?? 1);
+        opt.step({ lr: stepLr });
+        opt.zeroGrad();
+        return { loss, pred: argmax(logits, -1), scale };
+      });
+      const [lv, pv, sv] = await Promise.all([loss.toArray(), pred.toArray(), scale.toArray()]);
+      loss.dispose();
+      pred.dispose();
+      scale.dispose();
+      let correct = 0;
+      for (let i = 0; i < batch.length; i++) if (pv[i] === i) correct++;
+      const info: RetrieverStepInfo = { step: step + 1, loss: lv[0], accuracy: correct / batch.length, temperature: 1 / sv[0], lr: stepLr, ms: performance.now() - t0 };
+      history.push(info);
+      o.onStep?.(info);
+      win = { loss: win.loss + info.loss, acc: win.acc + info.accuracy, n: win.n + 1, ms: win.ms + info.ms };
+      if (logEvery > 0 && ((step + 1) % logEvery === 0 || step + 1 === o.steps)) {
+        log(
+          `retriever step ${step + 1}/${o.steps}  loss ${(win.loss / win.n).toFixed(4)}  in-batch acc ${(win.acc / win.n).toFixed(3)}  ` +
+            `tau ${info.temperature.toFixed(4)}  lr ${stepLr.toExponential(2)}  ${(win.ms / win.n / 1000).toFixed(2)} s/step`,
+        );
+        win = { loss: 0, acc: 0, n: 0, ms: 0 };
+      }
+      if (o.checkpointEvery && (step + 1) % o.checkpointEvery === 0 && step + 1 < o.steps) await saveCheckpoint(step + 1);
+    }
+    if (o.outDir && (startStep < o.steps || !resumeFrom)) await saveCheckpoint(Math.max(o.steps, startStep));
+  } finally {
+    opt.dispose();
+    logScale.dispose();
+  }
+  return { retriever, history, startStep };
+}
+
+/**
+ * Ranks a pool for queries with a retriever: embeds the pool into a GPU index (progress
+ * through onProgress), embeds the queries, returns the top-k ids per query id.
+ */
+export async function rankWithRetriever(
+  model: Retriever,
+  pool: readonly PoolItem[],
+  queries: readonly { qid: string; input: QueryInput }[],
+  k: number,
+  opts: EmbedPoolOptions = {},
+): Promise<Map<string, string[]>> {
+  const index = await CorpusIndex.build(model, pool, opts);
+  try {
+    const r = await retrieve(model, index, queries.map((q) => q.input), k, { batchSize: opts.batchSize });
+    return new Map(queries.map((q, i) => [q.qid, r.ids[i]]));
+  } finally {
+    index.dispose();
+  }
+}
