@@ -11,9 +11,9 @@
 //
 // Batching: every input of a call runs in one forward pass. Sequences are right-padded;
 // causal attention never lets a real token see the padding, so each sequence's last real
-// position is read by gathering rows (no key-padding mask needed). All images of the
-// batch go through the vision encoder together, and the input rows are assembled with
-// one indexSelect from [token rows; image rows].
+// position is read by gathering rows (no key-padding mask needed). The images of the
+// batch go through the vision encoder together (one batch per image size), and the input
+// rows are assembled with one indexSelect from [token rows; image rows].
 import { join } from 'node:path';
 import {
   type Tensor,
@@ -200,8 +200,9 @@ export class Retriever implements Embedder {
     const rowMap = new Int32Array(B * T);
     for (let i = 0; i < rowMap.length; i++) rowMap[i] = i;
     const lastIdx = new Int32Array(B);
-    const images: { pre: Preprocessed; rows: number }[] = [];
-    let imageRow = 0;
+    // Images grouped by grid size: each group runs through the vision encoder as one
+    // batch (equal sizes need no block-diagonal mask over all patches of the batch).
+    const groups = new Map<string, { pre: Preprocessed; at: number }[]>();
     layouts.forEach((l, b) => {
       if (l.length === 0) throw new RangeError(`retriever: input ${b} is empty`);
       ids.set(l.ids, b * T);
@@ -216,32 +217,38 @@ export class Retriever implements Embedder {
       for (const p of l.pieces) {
         if (p.kind === 'embeds') throw new Error('retriever: embedding-row parts are not supported');
         if (p.kind !== 'image') continue;
-        for (let k = 0; k < p.rows; k++) rowMap[b * T + p.start + k] = B * T + imageRow + k;
-        imageRow += p.rows;
-        images.push({ pre: p.image, rows: p.rows });
+        const key = `${p.image.gridH}x${p.image.gridW}`;
+        let g = groups.get(key);
+        if (!g) groups.set(key, (g = []));
+        g.push({ pre: p.image, at: b * T + p.start });
       }
     });
     const table = this.mllm.llm.p('model.embed_tokens.weight');
     let x = embedding(table, fromArray(ids, [B * T], 'i32'));
-    if (images.length) {
+    if (groups.size) {
       const v = this.mllm.vision;
       const c = v.config;
       const patchLen = 3 * c.patchSize * c.patchSize;
-      const lengths = images.map((im) => im.pre.gridH * im.pre.gridW);
-      const total = lengths.reduce((a, b) => a + b, 0);
-      const patches = new Float32Array(total * patchLen);
-      const pp = new Int32Array(2 * total);
-      let at = 0;
-      for (const im of images) {
-        const n = im.pre.gridH * im.pre.gridW;
-        patches.set(patchify(im.pre, c.patchSize, c.mergeSize), at * patchLen);
-        const pos = patchPositions(im.pre.gridH, im.pre.gridW, c.mergeSize);
-        pp.set(pos.subarray(0, n), at);
-        pp.set(pos.subarray(n, 2 * n), total + at);
-        at += n;
+      const parts: Tensor[] = [x];
+      let imageRow = B * T;
+      for (const g of groups.values()) {
+        const { gridH, gridW } = g[0].pre;
+        const n = gridH * gridW;
+        const rows = n / (c.mergeSize * c.mergeSize);
+        const total = n * g.length;
+        const patches = new Float32Array(total * patchLen);
+        const pp = new Int32Array(2 * total);
+        const pos = patchPositions(gridH, gridW, c.mergeSize);
+        g.forEach((im, i) => {
+          patches.set(patchify(im.pre, c.patchSize, c.mergeSize), i * n * patchLen);
+          pp.set(pos.subarray(0, n), i * n);
+          pp.set(pos.subarray(n, 2 * n), total + i * n);
+          for (let k = 0; k < rows; k++) rowMap[im.at + k] = imageRow + i * rows + k;
+        });
+        parts.push(v.forward(fromArray(patches, [total, patchLen]), pp, g.map(() => n)));
+        imageRow += rows * g.length;
       }
-      const imageRows = v.forward(fromArray(patches, [total, patchLen]), pp, lengths);
-      x = indexSelect(concat([x, imageRows], 0), 0, fromArray(rowMap, [B * T], 'i32'));
+      x = indexSelect(concat(parts, 0), 0, fromArray(rowMap, [B * T], 'i32'));
     }
     const h = this.mllm.llm.forwardEmbeds(reshape(x, [B, T, D]), fromArray(positions, [3, B, T], 'i32'));
     return indexSelect(reshape(h, [B * T, D]), 0, fromArray(lastIdx, [B], 'i32'));

@@ -21,6 +21,52 @@ export interface AttentionOptions {
   scale?: number;
   /** Absolute position of query 0 for causal masking, default Tk - Tq (queries are the last Tq positions). */
   qOffset?: number;
+  /**
+   * Forward kernel: 'auto' (default) picks by adapter, or a name from ATTENTION_KERNELS
+   * (tests and benchmarks force each variant; one the adapter cannot run throws).
+   */
+  kernel?: AttentionKernel;
+}
+
+/**
+ * Forward kernel variants (measured: bench/attention-log.md).
+ * rows: one query row per invocation, every lane loads its own K / V (attention_fwd.wgsl);
+ *   runs anywhere, the default on GPUs.
+ * sg-rR: lanes of a subgroup share K / V loads via subgroupShuffle, R query rows per lane,
+ *   WG lanes per workgroup (attention_fwd_sg.wgsl); CPU adapters with subgroups. kb pins
+ *   the keys per block below the adapter's minimum subgroup size (tests use it to run the
+ *   subgroup-larger-than-block path).
+ */
+export const ATTENTION_KERNELS = {
+  rows: { shader: 'attention_fwd' },
+  'sg-r1': { shader: 'attention_fwd_sg', R: 1, WG: 16 },
+  'sg-r2': { shader: 'attention_fwd_sg', R: 2, WG: 16 },
+  'sg-r4': { shader: 'attention_fwd_sg', R: 4, WG: 8 },
+  'sg-r2-kb4': { shader: 'attention_fwd_sg', R: 2, WG: 16, KB: 4 },
+} as const satisfies Record<string, { shader: string; R?: number; WG?: number; KB?: number }>;
+export type AttentionKernelName = keyof typeof ATTENTION_KERNELS;
+export type AttentionKernel = 'auto' | AttentionKernelName;
+
+/** The adapter's smallest subgroup size, 0 without subgroups. */
+function subgroupMin(): number {
+  const ctx = getEngine().ctx;
+  if (!ctx.hasSubgroups) return 0;
+  return (ctx.adapter.info as unknown as { subgroupMinSize?: number }).subgroupMinSize ?? 0;
+}
+
+/** Why this adapter cannot run a variant, or null. */
+export function attentionKernelBlocker(name: AttentionKernelName): string | null {
+  const v: { shader: string; KB?: number } = ATTENTION_KERNELS[name];
+  if (v.shader !== 'attention_fwd_sg') return null;
+  const min = subgroupMin();
+  if (min < (v.KB ?? 4)) return `attention kernel ${name} needs subgroups of at least ${v.KB ?? 4} invocations, which this adapter lacks`;
+  return null;
+}
+
+/** The default forward kernel for this adapter (measured: bench/attention-log.md). */
+export function pickAttentionKernel(): AttentionKernelName {
+  const ctx = getEngine().ctx;
+  return ctx.isSoftware && !attentionKernelBlocker('sg-r2') ? 'sg-r2' : 'rows';
 }
 
 /** Largest head size the kernels' private arrays hold. */
@@ -114,6 +160,7 @@ function attentionParams(
   vc: Tensor,
   mask: Tensor | undefined,
   pad: Tensor | undefined,
+  kpMask = 0,
 ): Params {
   const ms = mask ? alignedStrides(mask, 4) : [0, 0, 0, 0];
   const ps = pad ? alignedStrides(pad, 2) : [0, 0];
@@ -125,7 +172,7 @@ function attentionParams(
     .u32(dims.Hkv, dvBase)
     .u32(mask ? mask.offset : 0, ...ms)
     .u32(pad ? pad.offset : 0, ...ps)
-    .u32(qc.offset, kc.offset, vc.offset, 0)
+    .u32(qc.offset, kc.offset, vc.offset, kpMask)
     .u32(...rowStrides(kc), ...rowStrides(vc));
 }
 
@@ -172,14 +219,38 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   // Unused mask / padding slots get a read-only buffer the kernel never reads.
   const maskBuf = mask ? mask.buf : qc.buf;
   const padBuf = pad ? pad.buf : qc.buf;
-  getEngine().dispatch({
-    shader: 'attention_fwd',
-    defines: def,
-    params: attentionParams(rows, dims, flags, qOffset, scale, 0, qc, kc, vc, mask, pad),
-    buffers: [qc.buf, kc.buf, vc.buf, maskBuf, padBuf, out.buf, lse.buf],
-    workgroups: grid1d(rows, 64),
-    label,
-  });
+  const kname = opts.kernel && opts.kernel !== 'auto' ? opts.kernel : pickAttentionKernel();
+  const kernel: { shader: string; R?: number; WG?: number; KB?: number } = ATTENTION_KERNELS[kname];
+  if (!kernel) throw new RangeError(`attention: unknown kernel '${kname}' (expected 'auto' or one of ${Object.keys(ATTENTION_KERNELS).join(', ')})`);
+  const blocked = attentionKernelBlocker(kname);
+  if (blocked) throw new RangeError(`attention: ${blocked}`);
+  if (kernel.shader === 'attention_fwd_sg') {
+    const R = kernel.R!;
+    const WG = kernel.WG!;
+    // Keys per block: the lanes that share loads, at most the adapter's smallest subgroup.
+    const KB = Math.min(kernel.KB ?? 32, subgroupMin());
+    const DC = MAX_D_CHOICES.find((c) => c >= Math.max(D, Dv, 1))! / 4;
+    const kv4 = def.W === 4;
+    // Key padding is read as u32 words: a nonzero f32 flag has a nonzero non-sign bit.
+    const kpMask = pad && pad.dtype === 'f32' ? 0x7fffffff : 0xffffffff;
+    getEngine().dispatch({
+      shader: kernel.shader,
+      defines: { DC, KB, R, WG, KT: kv4 ? 'vec4<f32>' : 'f32', KV4: String(kv4) },
+      params: attentionParams(rows, dims, flags, qOffset, scale, 0, qc, kc, vc, mask, pad, kpMask),
+      buffers: [qc.buf, kc.buf, vc.buf, maskBuf, padBuf, out.buf, lse.buf],
+      workgroups: [Math.ceil((Tq * (Hq / Hkv)) / (WG * R)), B * Hkv],
+      label: `${label} (${kname})`,
+    });
+  } else {
+    getEngine().dispatch({
+      shader: 'attention_fwd',
+      defines: def,
+      params: attentionParams(rows, dims, flags, qOffset, scale, 0, qc, kc, vc, mask, pad),
+      buffers: [qc.buf, kc.buf, vc.buf, maskBuf, padBuf, out.buf, lse.buf],
+      workgroups: grid1d(rows, 64),
+      label,
+    });
+  }
 
   const save = [qc, kc, vc, out, lse, ...(mask ? [mask] : []), ...(pad ? [pad] : [])];
   const y = record(

@@ -6,11 +6,11 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { fromArray, noGrad, tidy } from '../../runtime/index.ts';
+import { fromArray, linear, noGrad, reshape, slice, tidy } from '../../runtime/index.ts';
 import { type Preprocessed, preprocess } from '../../model/image.ts';
 import { Mllm, type MllmConfig } from '../../model/mllm.ts';
 import { PRESETS, withVocab } from '../../model/presets.ts';
-import { DEFAULT_PROMPT, Retriever } from '../../model/retriever.ts';
+import { DEFAULT_PROMPT, Retriever, l2Normalize } from '../../model/retriever.ts';
 import { trainBpe } from '../../model/tokenizer.ts';
 import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankWithRetriever, trainRetriever } from '../../train/retriever.ts';
 import { computeRecall } from '../../train/eval/recall.ts';
@@ -68,6 +68,19 @@ describe('retriever embeddings', () => {
     for (let i = 0; i < inputs.length; i++) {
       const one = await embedRows(r, [inputs[i]]);
       expectClose(one.a, a.subarray(i * E, (i + 1) * E), 2e-5, 1e-4, `input ${i} alone vs in the batch`);
+    }
+    // The same as the backbone's own single-sequence path (sequence.ts embedLayout), so the
+    // batched assembly of token and image rows puts every image row where it belongs.
+    for (const i of [2, 4]) {
+      const l = r.layout(inputs[i]);
+      const ref = noGrad(() =>
+        tidy(() => {
+          const h = r.mllm.llm.forwardEmbeds(reshape(r.mllm.embed(l), [1, l.length, config.llm.hidden]), fromArray(l.positions, [3, 1, l.length], 'i32'));
+          return l2Normalize(linear(slice(reshape(h, [l.length, config.llm.hidden]), 0, l.length - 1, l.length), r.proj));
+        }),
+      );
+      expectClose(await ref.toArray(), a.subarray(i * E, (i + 1) * E), 2e-5, 1e-4, `input ${i} vs the single-sequence path`);
+      ref.dispose();
     }
     // Different contents give different embeddings.
     const d = (i: number, j: number) => Math.max(...Array.from({ length: E }, (_, c) => Math.abs(a[i * E + c] - a[j * E + c])));

@@ -377,11 +377,14 @@ function task1Keywords(e: Emoji, seed: number, posting: Map<string, Emoji[]>): {
       const has = new Set(posting.get(k.toLowerCase())!);
       answers = answers.filter((x) => has.has(x));
     }
+    // Every answer must be a paraphrase too: no keyword may echo any answer's name.
+    if (answers.some((x) => nonNameKeywords(x.name, subset).length < subset.length)) continue;
     const better = best.kws.length === 0 || answers.length < best.answers.length || (answers.length === best.answers.length && subset.length > best.kws.length);
     if (better) best = { kws: subset, answers };
   }
-  // Phrase order: a seeded shuffle, so rarity does not always lead.
-  return { kws: rng.shuffle(best.kws), answers: best.answers };
+  if (best.kws.length === 0) return null;
+  // Phrase order: a seeded shuffle, so rarity does not always lead. The emoji itself is the first answer.
+  return { kws: rng.shuffle(best.kws), answers: [e, ...best.answers.filter((x) => x !== e)] };
 }
 
 /** A task-1 query with more answers than this is too vague to keep. */
@@ -474,12 +477,16 @@ export function buildEmojiBenchmark(opts: EmojiBenchmarkOptions = {}): EmojiBenc
   }
   const task1 = new Map<Emoji, { kws: string[]; answers: Emoji[] }>();
   const links: [Emoji, Emoji][] = [];
-  let task1Vague = 0;
+  const task1Dropped = { task1_no_keywords: 0, task1_echoes_a_name: 0, task1_too_vague: 0 };
   for (const e of bases) {
     const t1 = task1Keywords(e, seed, posting);
-    if (t1 === null) continue;
+    if (t1 === null) {
+      if (nonNameKeywords(e.name, e.keywords).length === 0) task1Dropped.task1_no_keywords++;
+      else task1Dropped.task1_echoes_a_name++;
+      continue;
+    }
     if (t1.answers.length > TASK1_MAX_ANSWERS) {
-      task1Vague++;
+      task1Dropped.task1_too_vague++;
       continue;
     }
     task1.set(e, t1);
@@ -526,14 +533,11 @@ export function buildEmojiBenchmark(opts: EmojiBenchmarkOptions = {}): EmojiBenc
 
   // ---- query specs
   const specs: QuerySpec[] = [];
-  const dropped = { task1_no_keywords: 0, task1_too_vague: task1Vague, task6_tone_not_visible: 0 };
+  const dropped = { ...task1Dropped, task6_tone_not_visible: 0 };
   for (const e of bases) {
     specs.push({ task: 0, emoji: e, target: e, txt: textToImagePhrase(e, seed), img: null, modality: 'text', content: '', primaries: [did.image(e)], modifier: null, vendor: null });
     const t1 = task1.get(e);
-    if (t1 === undefined) {
-      if (nonNameKeywords(e.name, e.keywords).length === 0) dropped.task1_no_keywords++;
-    }
-    else specs.push({ task: 1, emoji: e, target: e, txt: keywordPhrase(e, t1.kws, seed), img: null, modality: 'text', content: '', primaries: t1.answers.map(did.name), modifier: null, vendor: null });
+    if (t1 !== undefined) specs.push({ task: 1, emoji: e, target: e, txt: keywordPhrase(e, t1.kws, seed), img: null, modality: 'text', content: '', primaries: t1.answers.map(did.name), modifier: null, vendor: null });
     specs.push({ task: 3, emoji: e, target: e, txt: null, img: vendorImagePath('google', e.image), modality: 'image', content: `g${e.hash.google}`, primaries: [did.desc(e)], modifier: null, vendor: 'google' });
   }
   for (const e of emojis) {
@@ -576,7 +580,7 @@ export function buildEmojiBenchmark(opts: EmojiBenchmarkOptions = {}): EmojiBenc
     const idx = poolIndex.get(s.task)!;
     if (group.length > 1) mergedQueries[s.task] = (mergedQueries[s.task] ?? 0) + group.length - 1;
     // Positives: each group member's answer and every candidate with the same content.
-    const pos: string[] = [];
+    const pos: string[] = [s.primaries[0]]; // the query's own answer first
     const posContent = new Set<string>();
     for (const m of group) {
       for (const p of m.primaries) {
@@ -743,7 +747,7 @@ export async function readSideTable<T extends object>(path: string, key: keyof T
 /** The dataset card (DATASET.md) for a built benchmark. */
 export function datasetCard(meta: BenchmarkMeta): string {
   const em = meta.emojis as Record<string, unknown>;
-  const dropped = meta.dropped as { task1_no_keywords: number; task1_too_vague: number; task6_tone_not_visible: number; merged_identical_queries: Record<string, number> };
+  const dropped = meta.dropped as { task1_no_keywords: number; task1_echoes_a_name: number; task1_too_vague: number; task6_tone_not_visible: number; merged_identical_queries: Record<string, number> };
   const opt = meta.options as { max_per_task: number | null; hard_negatives: number; fractions: number[] };
   const src = meta.sources as Record<string, string>;
   const tasks = Object.keys(meta.tasks).map(Number).sort((a, b) => a - b);
@@ -789,7 +793,7 @@ Image paths are relative to the image root, the project's \`node_modules\` folde
 - Sources: \`emoji-datasource-google\` ${src['emoji-datasource-google']} and \`emoji-datasource-twitter\` ${src['emoji-datasource-twitter']} (names, categories, subcategories, skin-tone variations, 64 px PNG images), \`emojibase-data\` ${src['emojibase-data']} (\`en/data.json\`: CLDR labels used as names, tags used as keywords, labels of skin-tone variants).
 - Every emoji whose image exists for both vendors (\`has_img_google\` and \`has_img_twitter\`, and the file is there) is used; the ${em.excluded_components} "Component" entries (skin-tone swatches, hair parts) are left out${(em.excluded_missing_images as number) > 0 ? `, and ${em.excluded_missing_images} emojis without both images` : ''}.
 ${taskLines.join('\n')}
-- Task 1 is not string matching: the keywords in a query share no word (nor a plural of one) with the name they must retrieve. They are chosen (up to three) so that as few emojis as possible have them all; every emoji that has them all is a positive (the gendered forms of a profession share their keywords). ${dropped.task1_no_keywords} emojis whose keywords all repeat their name, and ${dropped.task1_too_vague} whose best keywords still fit more than ${TASK1_MAX_ANSWERS} emojis, have no task-1 query.
+- Task 1 is not string matching: the keywords in a query share no word (nor a plural of one) with the name they must retrieve. They are chosen (up to three) so that as few emojis as possible have them all; every emoji that has them all is a positive (the gendered forms of a profession share their keywords). No keyword may echo the name of any answer. ${dropped.task1_no_keywords} emojis whose keywords all repeat their name, ${dropped.task1_echoes_a_name} whose keywords all echo the name of another emoji that has them, and ${dropped.task1_too_vague} whose best keywords still fit more than ${TASK1_MAX_ANSWERS} emojis have no task-1 query.
 - Task 6: one query per skin-tone variant (single tones and two-person combinations); the modifier text names the tone(s) in CLDR words, in a few phrasings. ${dropped.task6_tone_not_visible} variants whose Google image equals the untoned image (no visible skin) have no query.
 - Splits: by emoji group, ${opt.fractions.map((f) => Math.round(f * 100)).join('/')} train/val/test by a seeded hash of the group's base code point. A group is an emoji with all its skin-tone variants, merged with any emoji whose image (either vendor) is byte-identical (e.g. territories that share a flag) and with the other answers of its task-1 query (${em.split_group_unions} unions in all). No query, emoji or variant is shared between splits.
 - Positives: the candidate of the same emoji, plus any candidate in the task's pool with identical content (byte-identical image or identical text), since those cannot be told apart. Identical queries within a task are merged into one (${merged}).

@@ -500,6 +500,63 @@ export async function writeTextAtomic(path: string, text: string): Promise<void>
   }
 }
 
+// ---------------------------------------------------------------- any M-BEIR files
+
+export interface MbeirFiles {
+  queries: MbeirQuery[];
+  pool: MbeirCandidate[];
+  summary: string[];
+  issues: Issue[];
+  skipped: number;
+}
+
+/**
+ * Loads M-BEIR files laid out any way (the real release: query/test/mbeir_*_test.jsonl
+ * with cand_pool/local/mbeir_*_cand_pool.jsonl): pools are merged (a did seen in an
+ * earlier pool file is kept once), queries are checked against the merged pool, and,
+ * when asked, every image is decoded. Nothing stops at a bad line.
+ */
+export async function loadMbeirFiles(opts: {
+  queryFiles: string[];
+  poolFiles: string[];
+  imageRoot?: string;
+  checkImages?: boolean;
+  maxIssues?: number;
+}): Promise<MbeirFiles> {
+  const out: MbeirFiles = { queries: [], pool: [], summary: [], issues: [], skipped: 0 };
+  const note = (load: JsonlLoad<unknown>) => {
+    out.summary.push(summarizeLoad(load));
+    out.issues.push(...load.issues);
+    out.skipped += load.skipped;
+  };
+  const ids = new Set<string>();
+  for (const path of opts.poolFiles) {
+    let load = await readPool(path, { maxIssues: opts.maxIssues });
+    if (opts.checkImages && opts.imageRoot !== undefined) {
+      const chk = await checkImages(load, opts.imageRoot);
+      load = dropRows(load, chk.badRows);
+      load.issues.push(...chk.issues);
+    }
+    note(load);
+    for (const c of load.rows) {
+      if (ids.has(c.did)) continue; // the same candidate listed by several pool files
+      ids.add(c.did);
+      out.pool.push(c);
+    }
+  }
+  for (const path of opts.queryFiles) {
+    let load = resolveAgainstPool(await readQueries(path, { maxIssues: opts.maxIssues }), ids, { maxIssues: opts.maxIssues, poolLabel: 'the pool files' });
+    if (opts.checkImages && opts.imageRoot !== undefined) {
+      const chk = await checkImages(load, opts.imageRoot);
+      load = dropRows(load, chk.badRows);
+      load.issues.push(...chk.issues);
+    }
+    note(load);
+    out.queries.push(...load.rows);
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------- benchmark directories
 
 /** Per-task description in meta.json. */

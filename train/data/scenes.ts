@@ -123,6 +123,8 @@ function groupRegions(s: Scene): Rect[] {
 
 export const MIN_OBJECT = 10;
 export const MAX_OBJECT = 16;
+/** How far (px) an object may sit from its cell's centre. */
+export const JITTER = 3;
 
 /** One drawn object: its shape, colour and bounding box (side `size`). */
 export interface PlacedObject {
@@ -136,8 +138,8 @@ export interface PlacedObject {
 
 /**
  * Lays the objects out: each group's region is cut into `count` cells along its long
- * side; each object gets a size and an offset inside its cell (at least 1 px from the
- * cell's edges, so objects never touch), from fractions fixed by layoutSeed.
+ * side; each object gets a size and a small offset from its cell's centre (staying at
+ * least 1 px from the cell's edges, so objects never touch), fixed by layoutSeed.
  */
 export function layoutScene(s: Scene): PlacedObject[] {
   const out: PlacedObject[] = [];
@@ -152,8 +154,13 @@ export function layoutScene(s: Scene): PlacedObject[] {
       const cy = along ? r.y : r.y + i * ch;
       const maxSize = Math.min(MAX_OBJECT, cw - 2, ch - 2);
       const size = MIN_OBJECT + Math.floor(rng.next() * (maxSize - MIN_OBJECT + 1));
-      const x = cx + 1 + Math.floor(rng.next() * (cw - size - 1));
-      const y = cy + 1 + Math.floor(rng.next() * (ch - size - 1));
+      // Near the cell's centre (+-JITTER px), so a group's position is never in doubt.
+      const place = (c0: number, len: number, u: number) => {
+        const at = Math.round(c0 + (len - size) / 2 + (u * 2 - 1) * JITTER);
+        return Math.min(c0 + len - size - 1, Math.max(c0 + 1, at));
+      };
+      const x = place(cx, cw, rng.next());
+      const y = place(cy, ch, rng.next());
       out.push({ shape: g.shape, color: g.color, group: gi, x, y, size });
     }
   });

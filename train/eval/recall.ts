@@ -226,11 +226,12 @@ export function randomRankings(queries: readonly BaselineQuery[], candidates: re
 
 /** Character trigrams of a text (lower-cased, spaces collapsed, padded with a space). */
 export function charNgrams(text: string, n = 3): string[] {
-  const t = ` ${text.toLowerCase().replace(/\s+/g, ' ').trim()} `;
-  const chars = [...t];
+  const core = text.toLowerCase().replace(/\s+/g, ' ').trim();
+  if (!core) return [];
+  const chars = [...` ${core} `];
   const out: string[] = [];
   for (let i = 0; i + n <= chars.length; i++) out.push(chars.slice(i, i + n).join(''));
-  if (!out.length && chars.length) out.push(chars.join(''));
+  if (!out.length) out.push(chars.join(''));
   return out;
 }
 
