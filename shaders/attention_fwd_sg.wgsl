@@ -46,8 +46,12 @@ const R: u32 = {{R}}u;
 const WG: u32 = {{WG}}u;
 const KV4: bool = {{KV4}};
 const MASKED: f32 = -3.0e38;
+// A row of DC vec4s is held as NCH chunks of CH: every loop runs at most 8 trips, which
+// Mesa's NIR unrolls (a 64-trip loop stayed rolled and put the rows in scratch memory).
+const CH: u32 = min(DC, 8u);
+const NCH: u32 = DC / CH;
 
-alias Row = array<vec4<f32>, DC>;
+alias Row = array<array<vec4<f32>, CH>, NCH>;
 
 fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
 fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
@@ -122,9 +126,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     for (var d = 0u; d < 4u * DC; d++) { qs[d] = 0.0; }
     let qb = pu(20u) + ids[u].r * D;
     for (var d = 0u; d < D; d++) { qs[d] = Q[qb + d] * scale; }
-    for (var c = 0u; c < DC; c++) {
-      q[u][c] = vec4<f32>(qs[4u * c], qs[4u * c + 1u], qs[4u * c + 2u], qs[4u * c + 3u]);
-      acc[u][c] = vec4<f32>(0.0);
+    for (var h = 0u; h < NCH; h++) {
+      for (var e = 0u; e < CH; e++) {
+        let c = 4u * (h * CH + e);
+        q[u][h][e] = vec4<f32>(qs[c], qs[c + 1u], qs[c + 2u], qs[c + 3u]);
+        acc[u][h][e] = vec4<f32>(0.0);
+      }
     }
     m[u] = MASKED;
     l[u] = 0.0;
@@ -135,27 +142,33 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   for (var j0 = 0u; j0 < jEnd; j0 += KB) {
     // This lane's key of the block (clamped: keys past Tk get weight 0 below).
     let jl = min(j0 + lane, Tk - 1u);
-    var kr: Row;
-    let kb = kRow0 + jl * pu(26u);
-    for (var c = 0u; c < DC; c++) { kr[c] = ldK(kb, c, D); }
     var kpOk = 1u;
     if ((flags & 4u) != 0u) { kpOk = KP[pu(17u) + b * pu(18u) + jl * pu(19u)] & kpMask; }
 
-    // Scores s[u][c] of row u against key j0 + c, MASKED where the key is hidden.
+    // Scores s[u][c] of row u against key j0 + c. Chunk by chunk: the lane loads one vec4
+    // of its key's row and the subgroup passes it around, so only one K chunk is live.
+    // (Explicitly zeroed: a declaration without initializer inside a loop kept the last
+    // iteration's values on Dawn / lavapipe, against WGSL's zero-initialization.)
     var s: array<array<f32, KB>, R>;
-    for (var c = 0u; c < KB; c++) {
-      // Explicitly zeroed: a declaration without initializer inside a loop kept the last
-      // iteration's values here (Dawn / lavapipe), against WGSL's zero-initialization.
-      var dots: array<vec4<f32>, R>;
-      for (var u = 0u; u < R; u++) { dots[u] = vec4<f32>(0.0); }
-      for (var e = 0u; e < DC; e++) {
-        let kc = subgroupShuffle(kr[e], c);
-        for (var u = 0u; u < R; u++) { dots[u] = fma(q[u][e], kc, dots[u]); }
+    for (var u = 0u; u < R; u++) {
+      for (var c = 0u; c < KB; c++) { s[u][c] = 0.0; }
+    }
+    let kb = kRow0 + jl * pu(26u);
+    for (var h = 0u; h < NCH; h++) {
+      for (var e = 0u; e < CH; e++) {
+        let kr = ldK(kb, h * CH + e, D);
+        for (var c = 0u; c < KB; c++) {
+          let kc = subgroupShuffle(kr, c);
+          for (var u = 0u; u < R; u++) { s[u][c] += dot(q[u][h][e], kc); }
+        }
       }
+    }
+    // Bias: MASKED where the key is hidden from the row.
+    for (var c = 0u; c < KB; c++) {
       let j = j0 + c;
       let visible = subgroupShuffle(kpOk, c) != 0u && j < Tk;
       for (var u = 0u; u < R; u++) {
-        var sc = dots[u].x + dots[u].y + dots[u].z + dots[u].w;
+        var sc = s[u][c];
         var ok = visible && !((flags & 1u) != 0u && i32(j) > qOffset + i32(ids[u].i));
         if ((flags & 2u) != 0u) {
           let mv = MASK[pu(12u) + b * pu(13u) + ids[u].h * pu(14u) + ids[u].i * pu(15u) + min(j, Tk - 1u) * pu(16u)];
@@ -179,16 +192,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         ls += p[u][c];
       }
       l[u] = l[u] * corr + ls;
-      for (var e = 0u; e < DC; e++) { acc[u][e] *= corr; }
+      for (var h = 0u; h < NCH; h++) {
+        for (var e = 0u; e < CH; e++) { acc[u][h][e] *= corr; }
+      }
     }
 
-    var vr: Row;
+    // acc += p V, chunk by chunk as for K.
     let vb = vRow0 + jl * pu(29u);
-    for (var c = 0u; c < DC; c++) { vr[c] = ldV(vb, c, Dv); }
-    for (var c = 0u; c < KB; c++) {
-      for (var e = 0u; e < DC; e++) {
-        let vc = subgroupShuffle(vr[e], c);
-        for (var u = 0u; u < R; u++) { acc[u][e] = fma(vec4<f32>(p[u][c]), vc, acc[u][e]); }
+    for (var h = 0u; h < NCH; h++) {
+      for (var e = 0u; e < CH; e++) {
+        let vr = ldV(vb, h * CH + e, Dv);
+        for (var c = 0u; c < KB; c++) {
+          let vc = subgroupShuffle(vr, c);
+          for (var u = 0u; u < R; u++) { acc[u][h][e] = fma(vec4<f32>(p[u][c]), vc, acc[u][h][e]); }
+        }
       }
     }
   }
@@ -196,12 +213,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   for (var u = 0u; u < R; u++) {
     let inv = select(0.0, 1.0 / l[u], l[u] > 0.0);
     var os: array<f32, 4u * DC>;
-    for (var c = 0u; c < DC; c++) {
-      let o = acc[u][c] * inv;
-      os[4u * c] = o.x;
-      os[4u * c + 1u] = o.y;
-      os[4u * c + 2u] = o.z;
-      os[4u * c + 3u] = o.w;
+    for (var h = 0u; h < NCH; h++) {
+      for (var e = 0u; e < CH; e++) {
+        let o = acc[u][h][e] * inv;
+        let c = 4u * (h * CH + e);
+        os[c] = o.x;
+        os[c + 1u] = o.y;
+        os[c + 2u] = o.z;
+        os[c + 3u] = o.w;
+      }
     }
     let ob = ids[u].r * Dv;
     for (var d = 0u; d < Dv; d++) { O[ob + d] = os[d]; }

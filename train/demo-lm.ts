@@ -5,20 +5,16 @@
 //   npm run demo -- [--steps 300] [--run runs/demo-lm] [--fresh] [--quiet]
 //
 // Later pipeline stages (the retrieval benchmark, Retrv-R1 training) replace this job.
-import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import {
   AdamW,
-  backward,
-  clipGradNorm,
   cosineSchedule,
   fromArray,
   getEngine,
   init,
-  loadSafetensors,
   noGrad,
-  saveSafetensors,
   sample,
   slice,
   reshape,
@@ -29,6 +25,7 @@ import { Llm, type LlmConfig, initParameters, parameterShapes } from '../model/l
 import { loadCheckpointTensors, saveCheckpoint } from '../model/checkpoint.ts';
 import { Rng } from '../runtime/random.ts';
 import { lmLoss, positionsFor, sampleBatch } from './lm-train.ts';
+import { loadOptimizerState, saveRunState, savedStep, trainStep } from './run-state.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -68,28 +65,23 @@ const schedule = cosineSchedule({ peakLr, warmupSteps: Math.min(20, Math.floor(s
 let start = 0;
 
 // Resume: parameters, optimizer moments and the step all come back from the checkpoint.
-if (existsSync(join(ckptDir, 'state.json'))) {
-  const state = JSON.parse(readFileSync(join(ckptDir, 'state.json'), 'utf8')) as { step: number };
+const resumeStep = savedStep(ckptDir);
+if (resumeStep !== null) {
   const tensors = await loadCheckpointTensors(ckptDir, parameterShapes(config));
   for (const [name, t] of tensors) {
     const p = model.params.get(name)!;
     getEngine().copy(t.buf, t.offset * 4, p.buf, p.offset * 4, p.size * 4);
     t.dispose();
   }
-  const optState = await loadSafetensors(join(ckptDir, 'optimizer.safetensors'));
-  await opt.loadStateDict(optState.tensors);
-  for (const t of Object.values(optState.tensors)) t.dispose();
-  start = state.step;
+  await loadOptimizerState(ckptDir, opt);
+  start = resumeStep;
   console.log(`resuming from ${ckptDir} at step ${start}`);
 }
 
 /** Weights and config (model/checkpoint.ts), optimizer moments, and the step reached. */
-async function saveRunState(step: number, dir: string): Promise<void> {
+async function saveAll(step: number, dir: string): Promise<void> {
   await saveCheckpoint(dir, model.params, { architectures: ['Qwen2ForCausalLM'], ...config });
-  const sd = opt.stateDict();
-  await saveSafetensors(join(dir, 'optimizer.safetensors'), sd);
-  for (const t of Object.values(sd)) t.dispose();
-  writeFileSync(join(dir, 'state.json'), JSON.stringify({ step }));
+  await saveRunState(dir, opt, step);
 }
 
 const rng = new Rng(1000 + start); // a resumed run draws fresh batches
@@ -102,14 +94,7 @@ for (let step = start; step < steps; step++) {
   const ts = performance.now();
   const { ids, targets } = sampleBatch(data, batch, seqLen, rng);
   const lr = schedule(step);
-  const loss = tidy(() => {
-    const l = lmLoss(model, fromArray(ids, [batch, seqLen], 'i32'), pos, fromArray(targets, [batch * seqLen], 'i32'));
-    backward(l);
-    clipGradNorm(params, 1.0);
-    opt.step({ lr });
-    opt.zeroGrad();
-    return l;
-  });
+  const loss = trainStep(params, opt, lr, 1.0, () => lmLoss(model, fromArray(ids, [batch, seqLen], 'i32'), pos, fromArray(targets, [batch * seqLen], 'i32')));
   const v = await loss.item();
   loss.dispose();
   if (Number.isNaN(firstLoss)) firstLoss = v;
@@ -122,10 +107,10 @@ for (let step = start; step < steps; step++) {
   const line = `step ${step + 1}/${steps}  loss ${v.toFixed(3)}  lr ${lr.toExponential(2)}  ${tokPerSec.toFixed(0)} tok/s  eta ${(eta / 1000).toFixed(0)}s`;
   if (!quiet && process.stdout.isTTY) process.stdout.write(`\r${line}   `);
   else if (step % 25 === 0 || step === steps - 1) console.log(line);
-  if ((step + 1) % saveEvery === 0 && step + 1 < steps) await saveRunState(step + 1, ckptDir);
+  if ((step + 1) % saveEvery === 0 && step + 1 < steps) await saveAll(step + 1, ckptDir);
 }
 if (process.stdout.isTTY && !quiet) process.stdout.write('\n');
-await saveRunState(steps, join(runDir, 'final'));
+await saveAll(steps, join(runDir, 'final'));
 rmSync(ckptDir, { recursive: true, force: true });
 console.log(`loss ${firstLoss.toFixed(3)} -> ${lastLoss.toFixed(3)} (uniform over bytes would be ${Math.log(256).toFixed(3)})`);
 

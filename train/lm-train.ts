@@ -5,17 +5,15 @@ import { readFileSync } from 'node:fs';
 import {
   AdamW,
   type Tensor,
-  backward,
-  clipGradNorm,
   cosineSchedule,
   crossEntropy,
   fromArray,
   getEngine,
   reshape,
-  tidy,
 } from '../runtime/index.ts';
 import { Llm, type LlmConfig, initParameters } from '../model/llm.ts';
 import { Rng } from '../runtime/random.ts';
+import { trainStep } from './run-state.ts';
 
 export interface LmTrainOptions {
   steps: number;
@@ -73,14 +71,9 @@ export async function trainLm(config: LlmConfig, data: Uint8Array, o: LmTrainOpt
     const t0 = performance.now();
     const { ids, targets } = sampleBatch(data, o.batch, o.seqLen, rng);
     const lr = schedule(step);
-    const loss = tidy(() => {
-      const l = lmLoss(model, fromArray(ids, [o.batch, o.seqLen], 'i32'), fromArray(pos, [o.batch, o.seqLen], 'i32'), fromArray(targets, [o.batch * o.seqLen], 'i32'));
-      backward(l);
-      clipGradNorm(params, o.clip);
-      opt.step({ lr });
-      opt.zeroGrad();
-      return l;
-    });
+    const loss = trainStep(params, opt, lr, o.clip, () =>
+      lmLoss(model, fromArray(ids, [o.batch, o.seqLen], 'i32'), fromArray(pos, [o.batch, o.seqLen], 'i32'), fromArray(targets, [o.batch * o.seqLen], 'i32')),
+    );
     const v = await loss.item();
     loss.dispose();
     losses.push(v);

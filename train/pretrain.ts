@@ -9,16 +9,18 @@
 //
 // The tokenizer is trained here (byte-level BPE on the training texts plus the prompt
 // vocabulary of the later stages) and saved with every checkpoint.
-import { existsSync, readFileSync, rmSync, writeFileSync, appendFileSync, mkdirSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { AdamW, backward, clipGradNorm, cosineSchedule, crossEntropy, fromArray, getEngine, loadSafetensors, reshape, saveSafetensors, tidy } from '../runtime/index.ts';
-import { type Preprocessed, loadImage, preprocess } from '../model/image.ts';
+import { AdamW, cosineSchedule, crossEntropy, fromArray, getEngine, reshape } from '../runtime/index.ts';
+import type { Preprocessed } from '../model/image.ts';
 import { Mllm, type MllmConfig } from '../model/mllm.ts';
 import { getPreset, withVocab } from '../model/presets.ts';
 import type { Part, SequenceLayout } from '../model/sequence.ts';
 import { SPECIAL, type Tokenizer, trainBpe } from '../model/tokenizer.ts';
 import { Rng } from '../runtime/random.ts';
 import type { EmojiAttributes } from './data/emoji-benchmark.ts';
+import { ImageStore } from './data/inputs.ts';
+import { loadOptimizerState, saveRunState, savedStep, trainStep } from './run-state.ts';
 
 /** Words the later stages' prompts and reasoning traces use, so BPE learns them. */
 export const PROMPT_VOCABULARY = [
@@ -129,11 +131,10 @@ export async function pretrain(o: PretrainOptions): Promise<Mllm> {
   mkdirSync(o.runDir, { recursive: true });
 
   let model: Mllm;
-  let start = 0;
-  const resuming = existsSync(join(ckptDir, 'state.json'));
-  if (resuming) {
+  const resumeStep = savedStep(ckptDir);
+  const start = resumeStep ?? 0;
+  if (resumeStep !== null) {
     model = await Mllm.load(ckptDir);
-    start = (JSON.parse(readFileSync(join(ckptDir, 'state.json'), 'utf8')) as { step: number }).step;
     log(`resuming from ${ckptDir} at step ${start}`);
   } else {
     const tok = trainTokenizer(corpus, preset.vocabSize);
@@ -145,27 +146,13 @@ export async function pretrain(o: PretrainOptions): Promise<Mllm> {
 
   const params = model.parameterList();
   const opt = new AdamW(params, { lr: o.lr, weightDecay: 0.01, betas: [0.9, 0.95] });
-  if (resuming) {
-    const st = await loadSafetensors(join(ckptDir, 'optimizer.safetensors'));
-    await opt.loadStateDict(st.tensors);
-    for (const t of Object.values(st.tensors)) t.dispose();
-  }
+  if (resumeStep !== null) await loadOptimizerState(ckptDir, opt);
   const schedule = cosineSchedule({ peakLr: o.lr, warmupSteps: Math.min(50, Math.floor(o.steps / 10)), totalSteps: o.steps, minLr: o.lr / 10 });
-  const cache = new Map<string, Preprocessed>();
-  const image = (path: string): Preprocessed => {
-    let p = cache.get(path);
-    if (!p) {
-      p = preprocess(loadImage(join(o.imageRoot, path)), { patchSize: model.config.vision.patchSize, mergeSize: model.config.vision.mergeSize, targetSize: model.config.imageSize });
-      cache.set(path, p);
-    }
-    return p;
-  };
+  const images = new ImageStore({ root: o.imageRoot, patchSize: model.config.vision.patchSize, mergeSize: model.config.vision.mergeSize, size: model.config.imageSize });
+  const image = (path: string): Preprocessed => images.preprocessed(path);
   const save = async (dir: string, step: number) => {
     await model.save(dir);
-    const sd = opt.stateDict();
-    await saveSafetensors(join(dir, 'optimizer.safetensors'), sd);
-    for (const t of Object.values(sd)) t.dispose();
-    writeFileSync(join(dir, 'state.json'), JSON.stringify({ step }));
+    await saveRunState(dir, opt, step);
   };
 
   const logPath = join(o.runDir, 'log.jsonl');
@@ -178,14 +165,9 @@ export async function pretrain(o: PretrainOptions): Promise<Mllm> {
       return model.layout(ex.parts, [{ at: ex.answerAt, label: 'answer', until: ex.parts.length }]);
     });
     const lr = schedule(step);
-    const loss = tidy(() => {
+    const loss = trainStep(params, opt, lr, 1.0, () => {
       const { logits, T } = model.forward(layouts);
-      const l = crossEntropy(reshape(logits, [o.batch * T, V]), fromArray(targetsFor(layouts, T), [o.batch * T], 'i32'));
-      backward(l);
-      clipGradNorm(params, 1.0);
-      opt.step({ lr });
-      opt.zeroGrad();
-      return l;
+      return crossEntropy(reshape(logits, [o.batch * T, V]), fromArray(targetsFor(layouts, T), [o.batch * T], 'i32'));
     });
     const v = await loss.item();
     loss.dispose();

@@ -6,18 +6,11 @@ import fc from 'fast-check';
 import * as T from '../../runtime/index.ts';
 import { f16BitsToF32, f32ToF16Bits } from '../../runtime/dtype.ts';
 import { checkOp, expectClose, prod, randArray, rng } from '../helpers.ts';
+import { contiguousStrides } from '../../runtime/tensor.ts';
 
 // ---------------------------------------------------------------- CPU helpers
 
-function stridesOf(shape: readonly number[]): number[] {
-  const s = new Array<number>(shape.length);
-  let acc = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    s[i] = acc;
-    acc *= shape[i];
-  }
-  return s;
-}
+const stridesOf = contiguousStrides;
 
 function bshape(...shapes: (readonly number[])[]): number[] {
   const r = Math.max(0, ...shapes.map((s) => s.length));

@@ -7,18 +7,11 @@ import fc from 'fast-check';
 import * as T from '../../runtime/index.ts';
 import { f16BitsToF32, f32ToF16Bits } from '../../runtime/dtype.ts';
 import { checkOp, expectClose, prod, randArray } from '../helpers.ts';
+import { contiguousStrides } from '../../runtime/tensor.ts';
 
 // ---------------------------------------------------------------- CPU reference
 
-function stridesOf(shape: readonly number[]): number[] {
-  const s = new Array<number>(shape.length);
-  let acc = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    s[i] = acc;
-    acc *= shape[i];
-  }
-  return s;
-}
+const stridesOf = contiguousStrides;
 
 /**
  * Batched matmul in float64 of row-major `a` (stored shape aShape, read transposed when tA)

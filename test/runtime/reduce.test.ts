@@ -6,6 +6,7 @@ import fc from 'fast-check';
 import * as T from '../../runtime/index.ts';
 import { reduceTuning } from '../../runtime/ops/reduce.ts';
 import { checkOp, expectClose, prod, randArray, rng } from '../helpers.ts';
+import { contiguousStrides } from '../../runtime/tensor.ts';
 
 type Op = 'sum' | 'mean' | 'max' | 'min' | 'lse' | 'argmax' | 'argmin';
 
@@ -46,15 +47,7 @@ function cpuReduce(data: ArrayLike<number>, shape: readonly number[], axes: read
   });
 }
 
-function strides(shape: readonly number[]): number[] {
-  const s = new Array<number>(shape.length);
-  let acc = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    s[i] = acc;
-    acc *= shape[i];
-  }
-  return s;
-}
+const strides = contiguousStrides;
 
 function outShape(shape: readonly number[], axes: readonly number[], keepdim: boolean): number[] {
   return keepdim ? shape.map((d, i) => (axes.includes(i) ? 1 : d)) : shape.filter((_, i) => !axes.includes(i));
