@@ -145,7 +145,8 @@ async function initGpu(): Promise<GpuContext> {
     architecture: ai.architecture ?? '',
     device: ai.device ?? '',
     description: ai.description ?? '',
-    backend: (ai as unknown as { backendType?: string }).backendType ?? 'vulkan',
+    // Dawn does not report its backend here; on Linux it is Vulkan.
+    backend: (ai as unknown as { backendType?: string }).backendType ?? (process.platform === 'linux' ? 'vulkan' : process.platform === 'darwin' ? 'metal' : 'unknown'),
     type: (ai as unknown as { adapterType?: string }).adapterType ?? '',
   };
   const isSoftware = isSoftwareAdapter(ai);
