@@ -145,23 +145,28 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     var kpOk = 1u;
     if ((flags & 4u) != 0u) { kpOk = KP[pu(17u) + b * pu(18u) + jl * pu(19u)] & kpMask; }
 
-    // Scores s[u][c] of row u against key j0 + c. Chunk by chunk: the lane loads one vec4
-    // of its key's row and the subgroup passes it around, so only one K chunk is live.
-    // (Explicitly zeroed: a declaration without initializer inside a loop kept the last
-    // iteration's values on Dawn / lavapipe, against WGSL's zero-initialization.)
-    var s: array<array<f32, KB>, R>;
-    for (var u = 0u; u < R; u++) {
-      for (var c = 0u; c < KB; c++) { s[u][c] = 0.0; }
-    }
+    // Scores s[u][c] of row u against key j0 + c: the lane loads its key's K row, the
+    // subgroup passes row c around chunk by chunk. Key-outer order keeps the R running dot
+    // products in registers (the rows themselves spill; reading a spilled value is cheap,
+    // a spilled accumulator costs a store per update).
+    var kr: Row;
     let kb = kRow0 + jl * pu(26u);
     for (var h = 0u; h < NCH; h++) {
-      for (var e = 0u; e < CH; e++) {
-        let kr = ldK(kb, h * CH + e, D);
-        for (var c = 0u; c < KB; c++) {
-          let kc = subgroupShuffle(kr, c);
-          for (var u = 0u; u < R; u++) { s[u][c] += dot(q[u][h][e], kc); }
+      for (var e = 0u; e < CH; e++) { kr[h][e] = ldK(kb, h * CH + e, D); }
+    }
+    var s: array<array<f32, KB>, R>;
+    for (var c = 0u; c < KB; c++) {
+      // (Explicitly zeroed: a declaration without initializer inside a loop kept the last
+      // iteration's values on Dawn / lavapipe, against WGSL's zero-initialization.)
+      var dots: array<vec4<f32>, R>;
+      for (var u = 0u; u < R; u++) { dots[u] = vec4<f32>(0.0); }
+      for (var h = 0u; h < NCH; h++) {
+        for (var e = 0u; e < CH; e++) {
+          let kc = subgroupShuffle(kr[h][e], c);
+          for (var u = 0u; u < R; u++) { dots[u] = fma(q[u][h][e], kc, dots[u]); }
         }
       }
+      for (var u = 0u; u < R; u++) { s[u][c] = dots[u].x + dots[u].y + dots[u].z + dots[u].w; }
     }
     // Bias: MASKED where the key is hidden from the row.
     for (var c = 0u; c < KB; c++) {
@@ -197,13 +202,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
       }
     }
 
-    // acc += p V, chunk by chunk as for K.
+    // acc += p V: the lane loads its key's V row, the subgroup passes row c around.
+    var vr: Row;
     let vb = vRow0 + jl * pu(29u);
     for (var h = 0u; h < NCH; h++) {
-      for (var e = 0u; e < CH; e++) {
-        let vr = ldV(vb, h * CH + e, Dv);
-        for (var c = 0u; c < KB; c++) {
-          let vc = subgroupShuffle(vr, c);
+      for (var e = 0u; e < CH; e++) { vr[h][e] = ldV(vb, h * CH + e, Dv); }
+    }
+    for (var c = 0u; c < KB; c++) {
+      for (var h = 0u; h < NCH; h++) {
+        for (var e = 0u; e < CH; e++) {
+          let vc = subgroupShuffle(vr[h][e], c);
           for (var u = 0u; u < R; u++) { acc[u][h][e] = fma(vec4<f32>(p[u][c]), vc, acc[u][h][e]); }
         }
       }

@@ -32,19 +32,18 @@ export interface AttentionOptions {
  * Forward kernel variants (measured: bench/attention-log.md).
  * rows: one query row per invocation, every lane loads its own K / V (attention_fwd.wgsl);
  *   runs anywhere, the default on GPUs.
- * sg-rR: lanes of a subgroup share K / V loads via subgroupShuffle, R query rows per lane,
- *   WG lanes per workgroup (attention_fwd_sg.wgsl); CPU adapters with subgroups. kb pins
- *   the keys per block below the adapter's minimum subgroup size (tests use it to run the
- *   subgroup-larger-than-block path).
+ * sg: the lanes of a subgroup share K / V loads via subgroupShuffle (attention_fwd_sg.wgsl),
+ *   R query rows per lane: by default as many as keep R * ceil(D / 4) <= 64 vec4 per lane
+ *   (more spilled state was 2-8x slower on lavapipe), at most 4. The default on CPU
+ *   adapters with subgroups. sg-kb4 (R = 1, blocks of 4 keys: below lavapipe's subgroup
+ *   of 8) exists so that tests run the subgroup-larger-than-block and one-row paths.
  */
-export const ATTENTION_KERNELS = {
+export const ATTENTION_KERNELS: Record<string, { shader: string; R?: number; KB?: number }> = {
   rows: { shader: 'attention_fwd' },
-  'sg-r1': { shader: 'attention_fwd_sg', R: 1, WG: 16 },
-  'sg-r2': { shader: 'attention_fwd_sg', R: 2, WG: 16 },
-  'sg-r4': { shader: 'attention_fwd_sg', R: 4, WG: 8 },
-  'sg-r2-kb4': { shader: 'attention_fwd_sg', R: 2, WG: 16, KB: 4 },
-} as const satisfies Record<string, { shader: string; R?: number; WG?: number; KB?: number }>;
-export type AttentionKernelName = keyof typeof ATTENTION_KERNELS;
+  sg: { shader: 'attention_fwd_sg' },
+  'sg-kb4': { shader: 'attention_fwd_sg', R: 1, KB: 4 },
+};
+export type AttentionKernelName = 'rows' | 'sg' | 'sg-kb4';
 export type AttentionKernel = 'auto' | AttentionKernelName;
 
 /** The adapter's smallest subgroup size, 0 without subgroups. */
@@ -56,7 +55,8 @@ function subgroupMin(): number {
 
 /** Why this adapter cannot run a variant, or null. */
 export function attentionKernelBlocker(name: AttentionKernelName): string | null {
-  const v: { shader: string; KB?: number } = ATTENTION_KERNELS[name];
+  const v = ATTENTION_KERNELS[name];
+  if (!v) throw new RangeError(`attention: unknown kernel '${name}' (expected 'auto' or one of ${Object.keys(ATTENTION_KERNELS).join(', ')})`);
   if (v.shader !== 'attention_fwd_sg') return null;
   const min = subgroupMin();
   if (min < (v.KB ?? 4)) return `attention kernel ${name} needs subgroups of at least ${v.KB ?? 4} invocations, which this adapter lacks`;
@@ -66,7 +66,7 @@ export function attentionKernelBlocker(name: AttentionKernelName): string | null
 /** The default forward kernel for this adapter (measured: bench/attention-log.md). */
 export function pickAttentionKernel(): AttentionKernelName {
   const ctx = getEngine().ctx;
-  return ctx.isSoftware && !attentionKernelBlocker('sg-r2') ? 'sg-r2' : 'rows';
+  return ctx.isSoftware && !attentionKernelBlocker('sg') ? 'sg' : 'rows';
 }
 
 /** Largest head size the kernels' private arrays hold. */
@@ -220,16 +220,18 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const maskBuf = mask ? mask.buf : qc.buf;
   const padBuf = pad ? pad.buf : qc.buf;
   const kname = opts.kernel && opts.kernel !== 'auto' ? opts.kernel : pickAttentionKernel();
-  const kernel: { shader: string; R?: number; WG?: number; KB?: number } = ATTENTION_KERNELS[kname];
-  if (!kernel) throw new RangeError(`attention: unknown kernel '${kname}' (expected 'auto' or one of ${Object.keys(ATTENTION_KERNELS).join(', ')})`);
   const blocked = attentionKernelBlocker(kname);
   if (blocked) throw new RangeError(`attention: ${blocked}`);
+  const kernel = ATTENTION_KERNELS[kname];
   if (kernel.shader === 'attention_fwd_sg') {
-    const R = kernel.R!;
-    const WG = kernel.WG!;
-    // Keys per block: the lanes that share loads, at most the adapter's smallest subgroup.
-    const KB = Math.min(kernel.KB ?? 32, subgroupMin());
     const DC = MAX_D_CHOICES.find((c) => c >= Math.max(D, Dv, 1))! / 4;
+    const R = kernel.R ?? Math.min(4, Math.max(1, 64 / DC));
+    // Keys per block: the lanes that share loads, a power of two no larger than the
+    // adapter's smallest subgroup (so lanes 0..KB-1 of every subgroup exist).
+    const KB = 2 ** Math.floor(Math.log2(Math.min(kernel.KB ?? 32, subgroupMin())));
+    // 32 query rows per workgroup (a tight causal key range, enough workgroups for the
+    // cores), and never fewer lanes than a key block.
+    const WG = Math.max(32 / R, KB);
     const kv4 = def.W === 4;
     // Key padding is read as u32 words: a nonzero f32 flag has a nonzero non-sign bit.
     const kpMask = pad && pad.dtype === 'f32' ? 0x7fffffff : 0xffffffff;

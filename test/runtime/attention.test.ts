@@ -96,7 +96,15 @@ function randomPad(d: Dims, seed: number, pAttend = 0.75): Float64Array {
   return Float64Array.from({ length: d.B * d.Tk }, () => (r() < pAttend ? 1 : 0));
 }
 
-async function gpuAttention(q: Float64Array, k: Float64Array, v: Float64Array, d: Dims, o: RefOpts, padDType: 'f32' | 'i32' = 'f32'): Promise<Float32Array> {
+async function gpuAttention(
+  q: Float64Array,
+  k: Float64Array,
+  v: Float64Array,
+  d: Dims,
+  o: RefOpts,
+  padDType: 'f32' | 'i32' = 'f32',
+  kernel: T.AttentionKernel = 'auto',
+): Promise<Float32Array> {
   return T.tidyAsync(async () => {
     const out = T.attention(
       T.fromArray(f32(q), [d.B, d.Hq, d.Tq, d.D]),
@@ -108,6 +116,7 @@ async function gpuAttention(q: Float64Array, k: Float64Array, v: Float64Array, d
         qOffset: o.qOffset,
         keyPadding: o.pad ? T.fromArray(Array.from(o.pad), [d.B, d.Tk], padDType) : undefined,
         mask: o.mask ? T.fromArray(f32(o.mask.data), o.mask.shape) : undefined,
+        kernel,
       },
     );
     expect(out.shape).toEqual([d.B, d.Hq, d.Tq, d.Dv]);
@@ -128,7 +137,21 @@ const dimsArb = fc.record({
   vec4: fc.boolean(),
 });
 
-describe('attention forward', () => {
+/** Every forward kernel variant this adapter can run: each is forced through every case. */
+const kernels = (Object.keys(T.ATTENTION_KERNELS) as T.AttentionKernelName[]).filter((n) => !T.attentionKernelBlocker(n));
+
+describe('attention kernel choice', () => {
+  it('runs the subgroup kernel by default on CPU adapters with subgroups, and names unknown kernels', () => {
+    const ctx = T.getEngine().ctx;
+    expect(T.pickAttentionKernel()).toBe(ctx.isSoftware && kernels.includes('sg') ? 'sg' : 'rows');
+    T.tidy(() => {
+      const x = T.zeros([1, 1, 2, 4]);
+      expect(() => T.attention(x, x, x, { kernel: 'nope' as T.AttentionKernel })).toThrow(/unknown kernel 'nope'.*rows/);
+    });
+  });
+});
+
+for (const kernel of kernels) describe(`attention forward (${kernel})`, () => {
   it('matches the float64 reference over random shapes, GQA, causal, padding, masks and offsets', async () => {
     await fc.assert(
       fc.asyncProperty(
@@ -154,7 +177,7 @@ describe('attention forward', () => {
             pad: o.pad === 'none' ? undefined : randomPad(d, o.seed + 3),
             mask: o.mask ? randomMask(d, o.seed + 4) : undefined,
           };
-          const got = await gpuAttention(q, k, v, d, ro, o.pad === 'i32' ? 'i32' : 'f32');
+          const got = await gpuAttention(q, k, v, d, ro, o.pad === 'i32' ? 'i32' : 'f32', kernel);
           expectClose(got, refAttention(q, k, v, d, ro), 2e-5, 1e-4, `attention ${JSON.stringify(d)} ${JSON.stringify(o)}`);
         },
       ),
@@ -167,13 +190,13 @@ describe('attention forward', () => {
     const q = randArray(d.B * d.Hq * d.Tq * d.D, 11);
     const k = randArray(d.B * d.Hkv * d.Tk * d.D, 12);
     const v = randArray(d.B * d.Hkv * d.Tk * d.Dv, 13);
-    const full = await gpuAttention(q, k, v, d, { causal: true });
+    const full = await gpuAttention(q, k, v, d, { causal: true }, 'f32', kernel);
     for (const t of [0, 4, 8]) {
       // The query at position t against the cache of keys 0..t (plus later, not yet visible, keys).
       const dq: Dims = { ...d, Tq: 1 };
       const qt = new Float64Array(d.B * d.Hq * d.D);
       for (let bh = 0; bh < d.B * d.Hq; bh++) for (let x = 0; x < d.D; x++) qt[bh * d.D + x] = q[(bh * d.Tq + t) * d.D + x];
-      const got = await gpuAttention(qt, k, v, dq, { causal: true, qOffset: t });
+      const got = await gpuAttention(qt, k, v, dq, { causal: true, qOffset: t }, 'f32', kernel);
       const want = new Float64Array(d.B * d.Hq * d.Dv);
       for (let bh = 0; bh < d.B * d.Hq; bh++) for (let x = 0; x < d.Dv; x++) want[bh * d.Dv + x] = full[(bh * d.Tq + t) * d.Dv + x];
       expectClose(got, want, 1e-6, 1e-5, `decode at ${t}`);
@@ -182,7 +205,7 @@ describe('attention forward', () => {
     // Default qOffset = Tk - Tq: a single query sees the whole cache.
     const d1: Dims = { ...d, Tq: 1 };
     const q1 = randArray(d.B * d.Hq * d.D, 14);
-    const got = await gpuAttention(q1, k, v, d1, { causal: true });
+    const got = await gpuAttention(q1, k, v, d1, { causal: true }, 'f32', kernel);
     expectClose(got, refAttention(q1, k, v, d1, {}), 2e-5, 1e-4, 'decode default offset');
   });
 
@@ -193,7 +216,7 @@ describe('attention forward', () => {
     const v = randArray(d.B * d.Hkv * d.Tk * d.Dv, 23);
     // Batch 1 fully padded.
     const pad = [1, 0, 1, 1, 0, 0, 0, 0, 0, 0];
-    let got = await gpuAttention(q, k, v, d, { pad });
+    let got = await gpuAttention(q, k, v, d, { pad }, 'f32', kernel);
     const half = d.Hq * d.Tq * d.Dv;
     expect(Array.from(got.slice(half))).toEqual(new Array(half).fill(0));
     expect(got.slice(0, half).some((x) => x !== 0)).toBe(true);
@@ -201,11 +224,11 @@ describe('attention forward', () => {
     // A -Infinity mask on query row 1 only.
     const mask = new Float64Array(d.Tq * d.Tk);
     for (let j = 0; j < d.Tk; j++) mask[d.Tk + j] = -Infinity;
-    got = await gpuAttention(q, k, v, d, { mask: { data: mask, shape: [d.Tq, d.Tk] } });
+    got = await gpuAttention(q, k, v, d, { mask: { data: mask, shape: [d.Tq, d.Tk] } }, 'f32', kernel);
     for (let bh = 0; bh < d.B * d.Hq; bh++) for (let x = 0; x < d.Dv; x++) expect(got[(bh * d.Tq + 1) * d.Dv + x]).toBe(0);
     expect(got.every((x) => Number.isFinite(x))).toBe(true);
     // Causal with a negative offset: query 0 sits before every key.
-    got = await gpuAttention(q, k, v, d, { causal: true, qOffset: -1 });
+    got = await gpuAttention(q, k, v, d, { causal: true, qOffset: -1 }, 'f32', kernel);
     for (let bh = 0; bh < d.B * d.Hq; bh++) for (let x = 0; x < d.Dv; x++) expect(got[bh * d.Tq * d.Dv + x]).toBe(0);
     expectClose(got, refAttention(q, k, v, d, { causal: true, qOffset: -1 }), 2e-5, 1e-4, 'negative offset');
   });
@@ -224,7 +247,7 @@ describe('attention forward', () => {
     const got = await T.tidyAsync(async () => {
       const base = T.fromArray(f32(qData), [qData.length]);
       const qv = base.view([d.B, d.Hq, d.Tq, d.D], [d.Tq * d.Hq * d.D, d.D, d.Hq * d.D, 1], 4);
-      const out = T.attention(qv, T.fromArray(f32(k), [d.B, d.Hkv, d.Tk, d.D]), T.fromArray(f32(v), [d.B, d.Hkv, d.Tk, d.Dv]), { causal: true });
+      const out = T.attention(qv, T.fromArray(f32(k), [d.B, d.Hkv, d.Tk, d.D]), T.fromArray(f32(v), [d.B, d.Hkv, d.Tk, d.Dv]), { causal: true, kernel });
       return (await out.toArray()) as Float32Array;
     });
     expectClose(got, refAttention(qDense, k, v, d, { causal: true }), 2e-5, 1e-4, 'views');
@@ -257,6 +280,7 @@ describe('attention forward', () => {
           causal: true,
           qOffset: 4,
           keyPadding: T.fromArray(Array.from(pad), [d.B, d.Tk], 'i32'),
+          kernel,
         });
         return (await out.toArray()) as Float32Array;
       });
@@ -264,6 +288,20 @@ describe('attention forward', () => {
     }
   });
 
+  it('large head sizes (register chunks) with GQA, causal, padding and a mask', async () => {
+    for (const [D, Dv] of [[128, 128], [256, 64], [20, 256]]) {
+      const d: Dims = { B: 1, Hq: 2, Hkv: 1, Tq: 11, Tk: 13, D, Dv };
+      const q = randArray(d.B * d.Hq * d.Tq * d.D, 81 + D, -0.5, 0.5);
+      const k = randArray(d.B * d.Hkv * d.Tk * d.D, 82 + D, -0.5, 0.5);
+      const v = randArray(d.B * d.Hkv * d.Tk * d.Dv, 83 + D);
+      const o: RefOpts = { causal: true, qOffset: 3, pad: randomPad(d, 84 + D), mask: randomMask(d, 85 + D) };
+      const got = await gpuAttention(q, k, v, d, o, 'f32', kernel);
+      expectClose(got, refAttention(q, k, v, d, o), 2e-5, 1e-4, `D ${D}, Dv ${Dv}`);
+    }
+  });
+});
+
+describe('attention errors', () => {
   it('names the shapes in its errors', () => {
     T.tidy(() => {
       const q = T.zeros([1, 3, 2, 4]);
@@ -297,8 +335,9 @@ describe('attention backward', () => {
     // Batch 1 has every key padded and query 0 of batch 0 sees none (offset -1): zero gradients there.
     { name: 'fully masked rows', d: { B: 2, Hq: 2, Hkv: 2, Tq: 2, Tk: 3, D: 2, Dv: 2 }, o: { causal: true, qOffset: -1, pad: [1, 1, 1, 0, 0, 0] } },
   ];
-  for (const { name, d, o } of cases) {
-    it(`gradients for q, k, v: ${name}`, async () => {
+  // Every forward kernel: the backward reuses the forward's logsumexp.
+  for (const { name, d, o } of cases) for (const kernel of kernels) {
+    it(`gradients for q, k, v: ${name} (forward ${kernel})`, async () => {
       await checkOp({
         inputs: [
           { data: randArray(d.B * d.Hq * d.Tq * d.D, 41), shape: [d.B, d.Hq, d.Tq, d.D] },
@@ -312,6 +351,7 @@ describe('attention backward', () => {
             qOffset: o.qOffset,
             keyPadding: o.pad ? T.fromArray(Array.from(o.pad), [d.B, d.Tk], 'i32') : undefined,
             mask: o.mask ? T.fromArray(f32(o.mask.data), o.mask.shape) : undefined,
+            kernel,
           }),
         cpu: ([q, k, v]) => refAttention(q, k, v, d, o),
       });

@@ -1,0 +1,160 @@
+// Synthetic chains of thought: every sentence is re-checked against the attributes (names,
+// skin tones, keywords, subcategories, vendors, accept/reject), the answer is a positive,
+// inspections are well formed, the answer takes every position, and wording and
+// inspection counts vary.
+import { describe, expect, it } from 'vitest';
+import { candidateList, emojiIndex, synthesizeTrace, type Trace } from '../../train/data/cot.ts';
+import { type EmojiAttributes, type EmojiQueryAttributes, buildEmojiBenchmark } from '../../train/data/emoji-benchmark.ts';
+import type { MbeirQuery } from '../../train/data/mbeir-types.ts';
+
+const bench = buildEmojiBenchmark({ seed: 1, maxPerTask: 60 });
+const attrs = new Map(bench.attributes.map((a) => [a.did, a]));
+const qattrs = new Map(bench.queryAttributes.map((a) => [a.qid, a]));
+const emojis = emojiIndex(bench.attributes);
+const train = bench.queries.train.filter((q) => q.pos_cand_list.length);
+const K = 4;
+
+const TONE = '(?:light|medium-light|medium|medium-dark|dark) skin tone';
+const TONE_RE = new RegExp(`(${TONE}(?:, ${TONE})*|no skin tone)`, 'g');
+const NEGATION = /\b(not|rule out|wrong|but)\b/i;
+const ACCEPT = /\b(matches|right one|exactly what)\b/;
+
+function makeTrace(q: MbeirQuery, draw = 0, maxInspections = 3): { cands: string[]; trace: Trace } {
+  // draw 1: no hard negatives given, so the lists hold random same-split items (mostly easy).
+  if (draw === 1) q = { ...q, neg_cand_list: [] };
+  const cands = candidateList(q, { K, seed: 3, draw, pool: bench.taskPools.get(q.task_id)!, attributes: attrs });
+  return { cands, trace: synthesizeTrace(q, qattrs.get(q.qid)!, cands, attrs, emojis, { seed: 3, draw, maxInspections }) };
+}
+
+/** Re-derives every claim of a trace from the attributes; returns the list of violations. */
+function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trace): string[] {
+  const bad: string[] = [];
+  const fail = (s: string, why: string) => bad.push(`${q.qid}: ${why}: «${s}»`);
+  const pos = new Set(q.pos_cand_list);
+  const A = (i: number): EmojiAttributes => attrs.get(cands[i])!;
+  const toneOf = (x: string | null) => x ?? 'no skin tone';
+  if (t.text !== `<think>${t.sentences.join(' ')}</think><answer>${t.answer}</answer>`) bad.push(`${q.qid}: text is not the sentences`);
+  if (!pos.has(cands[t.answer])) bad.push(`${q.qid}: the answer ${t.answer} is not a positive`);
+  const mentioned = new Set<number>();
+  t.sentences.forEach((s, k) => {
+    const marker = /^<inspection-index-start>(\d+)<inspection-index-end>$/.exec(s);
+    if (marker) {
+      const i = Number(marker[1]);
+      if (!(i < K)) fail(s, 'inspection out of range');
+      if (!new RegExp(`[Cc]andidate ${i} \\(`).test(t.sentences[k + 1] ?? '')) fail(s, 'the sentence after an inspection does not discuss that candidate');
+      return;
+    }
+    if (/inspection-index/.test(s)) fail(s, 'marker inside a sentence');
+    // Candidate names.
+    const pairs = [...s.matchAll(/(\d+) \("([^"]+)"\)/g)].map((m) => ({ i: Number(m[1]), name: m[2] }));
+    for (const p of pairs) {
+      mentioned.add(p.i);
+      if (!(p.i < K)) fail(s, `candidate ${p.i} out of range`);
+      else if (A(p.i).name !== p.name) fail(s, `candidate ${p.i} is "${A(p.i).name}", not "${p.name}"`);
+    }
+    for (const m of s.matchAll(/[Cc]andidates? (\d+)/g)) if (!(Number(m[1]) < K)) fail(s, 'index out of range');
+    // Other quoted strings: keywords, or the target (task 6: also the base in the query image).
+    const rest = s.replace(/(\d+) \("([^"]+)"\)/g, '#');
+    for (const m of rest.matchAll(/"([^"]+)"/g)) {
+      if (/keyword/i.test(s)) {
+        if (!emojis.get(qa.unified)!.keywords.includes(m[1])) fail(s, `"${m[1]}" is not a keyword of ${qa.name}`);
+      } else if (m[1] !== qa.name && !(qa.task_id === 6 && /image/.test(s) && m[1] === emojis.get(qa.base)?.name)) fail(s, `"${m[1]}" is not the target`);
+    }
+    // Skin tones, outside quotes: each belongs to a candidate or to the target.
+    const bare = s.replace(/"[^"]*"/g, '""');
+    for (const m of bare.matchAll(TONE_RE)) {
+      const before = bare.slice(0, m.index);
+      const c = /[Cc]andidate (\d+) \(""\) has $/.exec(before);
+      if (c) {
+        if (toneOf(A(Number(c[1])).skin_tone) !== m[1]) fail(s, `candidate ${c[1]} does not have ${m[1]}`);
+      } else if (/(asks for|request for|target has|should have) $/.test(before)) {
+        if (toneOf(qa.skin_tone) !== m[1]) fail(s, `the target does not have ${m[1]}`);
+      } else fail(s, `tone "${m[1]}" belongs to nobody`);
+    }
+    // Rejections name negatives only; acceptances positives only.
+    if (NEGATION.test(s)) {
+      for (const p of pairs) if (pos.has(cands[p.i]) || A(p.i).name === qa.name) fail(s, `candidate ${p.i} is rejected but matches`);
+    } else if (ACCEPT.test(s)) {
+      for (const p of pairs) if (!pos.has(cands[p.i])) fail(s, `candidate ${p.i} is accepted but is a negative`);
+    }
+    const sub = /same subcategory \(([^)]+)\)/.exec(s);
+    if (sub && (sub[1] !== qa.subcategory || pairs.some((p) => A(p.i).subcategory !== sub[1]))) fail(s, 'wrong subcategory');
+    if (/Twitter/.test(s) && !(/query/.test(s) && qa.query_vendor === 'twitter')) fail(s, 'Twitter');
+    if (/Google/.test(s) && !((/query/.test(s) && qa.query_vendor === 'google') || (/ideal|need/.test(s) && A(t.answer).vendor === 'google'))) fail(s, 'Google');
+    const ans = /(?:answer is|best match is|choose) candidate (\d+)|[Cc]andidate (\d+) is the best match/.exec(s);
+    if (ans && Number(ans[1] ?? ans[2]) !== t.answer) fail(s, 'wrong answer sentence');
+  });
+  for (let i = 0; i < K; i++) if (!mentioned.has(i) && !pos.has(cands[i])) bad.push(`${q.qid}: negative candidate ${i} is never discussed`);
+  if (t.inspections.length > 3) bad.push(`${q.qid}: ${t.inspections.length} inspections`);
+  if (new Set(t.inspections).size !== t.inspections.length) bad.push(`${q.qid}: repeated inspection`);
+  return bad;
+}
+
+describe('synthetic chains of thought', () => {
+  it('every sentence is true of the data and the answer is a positive', () => {
+    const bad: string[] = [];
+    let n = 0;
+    for (const q of train) {
+      for (const draw of [0, 1]) {
+        const { cands, trace } = makeTrace(q, draw);
+        bad.push(...check(q, qattrs.get(q.qid)!, cands, trace));
+        n++;
+      }
+    }
+    expect(n).toBeGreaterThan(500);
+    expect(bad.slice(0, 10)).toEqual([]);
+  });
+
+  it('the checker catches a false sentence', () => {
+    const q = train.find((x) => x.task_id === 6)!;
+    const { cands, trace } = makeTrace(q);
+    const wrong = trace.answer === 0 ? 1 : 0;
+    const lie = `Candidate ${trace.answer} ("${attrs.get(cands[wrong])!.name}") matches the query.`;
+    const forged = { ...trace, sentences: [...trace.sentences, lie] };
+    forged.text = `<think>${forged.sentences.join(' ')}</think><answer>${trace.answer}</answer>`;
+    expect(check(q, qattrs.get(q.qid)!, cands, forged).length).toBeGreaterThan(0);
+    const tone = { ...trace, sentences: [...trace.sentences, `Candidate ${wrong} ("${attrs.get(cands[wrong])!.name}") has dark skin tone, but the query asks for light skin tone.`] };
+    tone.text = `<think>${tone.sentences.join(' ')}</think><answer>${trace.answer}</answer>`;
+    const qa = qattrs.get(q.qid)!;
+    if (qa.skin_tone !== 'light skin tone' || attrs.get(cands[wrong])!.skin_tone !== 'dark skin tone') expect(check(q, qa, cands, tone).length).toBeGreaterThan(0);
+  });
+
+  it('the answer takes every position; wording and inspection counts vary', () => {
+    const at = new Array(K).fill(0);
+    const answerForms = new Set<string>();
+    const ins = { hard: [] as number[], easy: [] as number[] };
+    for (const q of train) {
+      const { trace } = makeTrace(q);
+      at[trace.answer]++;
+      answerForms.add(trace.sentences.at(-1)!.replace(/\d+/, '#'));
+      for (const t of [trace, makeTrace(q, 1).trace]) (t.hard.length ? ins.hard : ins.easy).push(t.inspections.length);
+    }
+    for (const c of at) expect(c / train.length).toBeGreaterThan(0.15);
+    for (const c of at) expect(c / train.length).toBeLessThan(0.35);
+    expect(answerForms.size).toBeGreaterThanOrEqual(3);
+    const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+    expect(ins.hard.length).toBeGreaterThan(50);
+    expect(ins.easy.length).toBeGreaterThan(20);
+    expect(mean(ins.hard)).toBeGreaterThan(mean(ins.easy));
+    expect(new Set([...ins.hard, ...ins.easy])).toEqual(new Set([0, 1, 2, 3]));
+    // Without inspection: no markers.
+    for (const q of train.slice(0, 50)) expect(makeTrace(q, 0, 0).trace.text).not.toMatch(/inspection-index/);
+  });
+
+  it('candidate lists: first-stage top-K with the positive ensured, or positives + hard negatives + same-split fillers', () => {
+    const q = train.find((x) => x.neg_cand_list.length >= 2)!;
+    const pool = bench.taskPools.get(q.task_id)!;
+    const plain = candidateList(q, { K: 6, seed: 1, pool, attributes: attrs, shuffle: false });
+    expect(plain[0]).toBe(q.pos_cand_list[0]);
+    expect(plain.slice(1, 1 + Math.min(5, q.neg_cand_list.length))).toEqual(q.neg_cand_list.slice(0, 5));
+    expect(new Set(plain).size).toBe(6);
+    for (const d of plain) expect(attrs.get(d)!.split).toBe('train');
+    const others = pool.filter((d) => !q.pos_cand_list.includes(d)).slice(0, 8);
+    const fs = new Map([[q.qid, others]]);
+    const top = candidateList(q, { K: 5, seed: 1, pool, attributes: attrs, firstStage: fs, shuffle: false });
+    expect(top).toEqual([...others.slice(0, 4), q.pos_cand_list[0]]);
+    expect(candidateList(q, { K: 5, seed: 1, pool, attributes: attrs, firstStage: fs, shuffle: false, includePositive: false })).toEqual(others.slice(0, 5));
+    const shuffled = candidateList(q, { K: 5, seed: 1, pool, attributes: attrs, firstStage: fs });
+    expect([...shuffled].sort()).toEqual([...top].sort());
+  });
+});

@@ -1,0 +1,307 @@
+// The activation stage (SFT): the reranker learns the retrieval chain of thought.
+//
+// Each example is a training query, its K candidates (first-stage top-K when given, else
+// positive + hard negatives + random pool items of the train split; shuffled so the answer
+// takes every position), and a synthetic trace (train/data/cot.ts). The sequence is the
+// reranker prompt (candidates compressed by the ICM hook when one is given, else full)
+// followed by the trace, with each inspected candidate's full content spliced in after
+// its <inspection-index-end> exactly as at inference (model/inspect.ts traceLayout).
+// Cross-entropy on the assistant tokens only: the trace tokens and the closing
+// <|im_end|>; never the prompt, never the spliced content.
+//
+// With a compress function whose parameters are given (compressParams), the ICM trains
+// jointly with the model (one optimizer). Batches depend only on (seed, step), so a run
+// resumes exactly from its checkpoint: runDir/checkpoint holds the model, the ICM
+// parameters (compress.safetensors), the optimizer moments and the step; runDir/final the
+// result; runDir/log.jsonl one line per step.
+import { appendFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { type Tensor, AdamW, crossEntropy, cosineSchedule, fromArray, getEngine, loadSafetensors, reshape, saveSafetensors, shapeStr } from '../runtime/index.ts';
+import { loadCheckpointTensors } from '../model/checkpoint.ts';
+import { type CompressFactory, type TraceLayout, maskedTargets, traceLayout } from '../model/inspect.ts';
+import { Mllm } from '../model/mllm.ts';
+import { type CandidateInput, type QueryInput, rerankParts } from '../model/sequence.ts';
+import { type EmojiInfo, type Trace, candidateList, emojiIndex, synthesizeTrace } from './data/cot.ts';
+import type { EmojiAttributes, EmojiQueryAttributes } from './data/emoji-benchmark.ts';
+import { type ImageStore, candidateInput, queryInput } from './data/inputs.ts';
+import type { MbeirCandidate, MbeirQuery } from './data/mbeir-types.ts';
+import { rngFor } from './data/seeded.ts';
+import { loadOptimizerState, saveRunState, savedStep, trainStep } from './run-state.ts';
+
+export type { CompressFactory };
+
+/** What the examples are drawn from (one split of the benchmark). */
+export interface SftData {
+  queries: readonly MbeirQuery[];
+  queryAttributes: ReadonlyMap<string, EmojiQueryAttributes>;
+  attributes: ReadonlyMap<string, EmojiAttributes>;
+  byDid: ReadonlyMap<string, MbeirCandidate>;
+  /** Each task's pool (dids), for the random fillers. */
+  taskPools: ReadonlyMap<number, readonly string[]>;
+  images: ImageStore;
+  /** First-stage rankings per qid (best first); the top K are a query's candidates when present. */
+  firstStage?: ReadonlyMap<string, readonly string[]>;
+}
+
+export interface SftExample {
+  qid: string;
+  query: QueryInput;
+  candidateIds: string[];
+  candidates: CandidateInput[];
+  trace: Trace;
+  /** The assistant's tokens: the trace, then <|im_end|>. */
+  traceIds: number[];
+}
+
+export interface ExampleOptions {
+  K: number;
+  seed: number;
+  /** Mixed into the draws (the training step), so each epoch sees new lists and wordings. */
+  draw: number;
+  maxInspections: number;
+}
+
+/** One example for query `q` (host side; images are preprocessed, nothing runs on the GPU). */
+export function makeSftExample(model: Mllm, data: SftData, emojis: ReadonlyMap<string, EmojiInfo>, q: MbeirQuery, o: ExampleOptions): SftExample {
+  const qa = data.queryAttributes.get(q.qid);
+  if (!qa) throw new Error(`sft: query ${q.qid} has no row in query_attributes`);
+  const pool = data.taskPools.get(q.task_id) ?? [...data.byDid.keys()];
+  const ids = candidateList(q, { K: o.K, seed: o.seed, draw: o.draw, firstStage: data.firstStage, pool, attributes: data.attributes });
+  const trace = synthesizeTrace(q, qa, ids, data.attributes, emojis, { seed: o.seed, draw: o.draw, maxInspections: o.maxInspections });
+  const candidates = ids.map((d) => {
+    const c = data.byDid.get(d);
+    if (!c) throw new Error(`sft: candidate ${d} of query ${q.qid} is not in the pool`);
+    return candidateInput(c, data.images);
+  });
+  const traceIds = [...model.tokenizer.encode(trace.text), model.tokenizer.specialIds.imEnd];
+  return { qid: q.qid, query: queryInput(q, data.images), candidateIds: ids, candidates, trace, traceIds };
+}
+
+/**
+ * The training sequence of an example: prompt (compressed through `compress` when given)
+ * + trace with the inspections spliced in, and its next-token targets (trace tokens only).
+ * Call inside the loss closure: the compressed rows belong to the autograd graph.
+ */
+export function sftSequence(model: Mllm, ex: SftExample, maxInspections: number, compress?: CompressFactory, system?: string): TraceLayout & { targets: Int32Array } {
+  const prompt = rerankParts(ex.query, ex.candidates, { system, compress: compress?.(ex.query, ex.candidates) });
+  // Every inspection of a synthetic trace is valid; the cap only guards against a bad trace.
+  const t = traceLayout(model, prompt, ex.candidates, ex.traceIds, Math.max(maxInspections, ex.trace.inspections.length));
+  if (t.inspections.length !== ex.trace.inspections.length) {
+    throw new Error(`sft: trace of ${ex.qid} has inspections [${ex.trace.inspections}] but the replay found [${t.inspections}] (events ${JSON.stringify(t.events)})`);
+  }
+  return { ...t, targets: maskedTargets(t.layout, t.traceMask) };
+}
+
+export interface SftStepInfo {
+  step: number;
+  steps: number;
+  loss: number;
+  lr: number;
+  ms: number;
+  /** All positions of the batch (prompt + trace + spliced). */
+  tokens: number;
+  /** Positions that carry a target. */
+  traceTokens: number;
+  promptTokens: number;
+  inspections: number;
+}
+
+export interface SftOptions {
+  /** The model to train (e.g. the pre-trained base); on resume its weights are overwritten in place. */
+  model: Mllm;
+  /** Where examples are drawn from (queries, candidate lists, synthetic traces). */
+  data?: SftData;
+  /**
+   * Instead of `data`: the examples of a step (must depend only on the step, for exact
+   * resume), e.g. a fixed set, or traces from another source.
+   */
+  examples?: (step: number) => SftExample[];
+  runDir: string;
+  steps: number;
+  batch: number;
+  lr: number;
+  seed: number;
+  /** Candidates per query (default 16). */
+  K?: number;
+  /** Inspections per trace at most (default 3; 0 = traces without inspection). */
+  maxInspections?: number;
+  /** The ICM hook factory; absent = full tokens for every candidate. */
+  compress?: CompressFactory;
+  /** The reranker's system instruction (default: model/sequence.ts DEFAULT_SYSTEM); use the same at evaluation. */
+  system?: string;
+  /** The ICM's trainable parameters (trained jointly with the model). */
+  compressParams?: Tensor[];
+  /** Train the model's own weights (default true; false trains the ICM alone). */
+  trainModel?: boolean;
+  /**
+   * New candidate lists and wordings at every step (default true); false keeps each
+   * query's first draw (a fixed example set, e.g. to check that a model can fit it).
+   */
+  redraw?: boolean;
+  saveEvery?: number;
+  /** Gradient-norm clip (default 1). */
+  clip?: number;
+  warmupSteps?: number;
+  /** The cosine schedule's floor (default lr / 10; lr = a constant rate after warmup). */
+  minLr?: number;
+  onStep?: (s: SftStepInfo) => void;
+  log?: (line: string) => void;
+}
+
+const COMPRESS_FILE = 'compress.safetensors';
+
+/** Copies checkpoint tensors into existing parameters (closures holding them stay valid). */
+function copyInto(dst: Tensor, src: Tensor, what: string): void {
+  if (src.shape.length !== dst.shape.length || src.shape.some((d, i) => d !== dst.shape[i])) {
+    throw new Error(`sft resume: ${what} has shape ${shapeStr(src.shape)} in the checkpoint, ${shapeStr(dst.shape)} in the model`);
+  }
+  if (!dst.isContiguous() || !src.isContiguous()) throw new Error(`sft resume: ${what} is not contiguous`);
+  getEngine().copy(src.buf, src.offset * 4, dst.buf, dst.offset * 4, dst.size * 4);
+}
+
+const compressNames = (ps: Tensor[]) => ps.map((p, i) => p.name ?? `compress.${i}`);
+
+async function saveCompress(dir: string, ps: Tensor[]): Promise<void> {
+  if (!ps.length) return;
+  const names = compressNames(ps);
+  await saveSafetensors(join(dir, COMPRESS_FILE), Object.fromEntries(ps.map((p, i) => [names[i], p])));
+}
+
+async function loadCompress(dir: string, ps: Tensor[]): Promise<void> {
+  if (!ps.length) return;
+  const path = join(dir, COMPRESS_FILE);
+  if (!existsSync(path)) throw new Error(`sft resume: ${path} is missing (the run was started without the same compress parameters?)`);
+  const { tensors } = await loadSafetensors(path, { dtype: 'f32' });
+  try {
+    compressNames(ps).forEach((name, i) => {
+      const t = tensors[name];
+      if (!t) throw new Error(`sft resume: ${path} has no tensor ${name}`);
+      copyInto(ps[i], t, name);
+    });
+  } finally {
+    for (const t of Object.values(tensors)) t.dispose();
+  }
+}
+
+/** Saves a model and its ICM parameters into one folder. */
+export async function saveSftCheckpoint(dir: string, model: Mllm, compressParams: Tensor[] = []): Promise<void> {
+  await model.save(dir);
+  await saveCompress(dir, compressParams);
+}
+
+/** Loads a checkpoint folder's weights into an existing model (and ICM parameters) in place. */
+export async function loadSftCheckpointInto(dir: string, model: Mllm, compressParams: Tensor[] = []): Promise<void> {
+  const tensors = await loadCheckpointTensors(dir, Mllm.parameterShapes(model.config));
+  try {
+    for (const [name, t] of tensors) copyInto(model.params.get(name)!, t, name);
+  } finally {
+    for (const t of tensors.values()) t.dispose();
+  }
+  await loadCompress(dir, compressParams);
+}
+
+/** The queries an example can be made from (a positive, attributes for the query and every positive). */
+export function usableQueries(data: SftData): MbeirQuery[] {
+  return data.queries.filter((q) => q.pos_cand_list.length && data.queryAttributes.has(q.qid) && q.pos_cand_list.every((d) => data.attributes.has(d) && data.byDid.has(d)));
+}
+
+/**
+ * The queries of a step: consecutive slices of seeded per-epoch permutations, so every
+ * query is seen once per epoch and a step's batch depends only on (seed, step).
+ */
+export function batchQueries<Q>(queries: readonly Q[], batch: number, step: number, seed: number): Q[] {
+  const N = queries.length;
+  const out: Q[] = [];
+  for (let k = step * batch; k < (step + 1) * batch; k++) {
+    const epoch = Math.floor(k / N);
+    out.push(rngFor(seed, `sft-epoch:${epoch}`).shuffle(queries)[k % N]);
+  }
+  return out;
+}
+
+/** Runs (or resumes) the activation stage; the trained weights are in o.model (and runDir/final). */
+export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: number; lastLoss: number }> {
+  const log = o.log ?? console.log;
+  const K = o.K ?? 16;
+  const maxIns = o.maxInspections ?? 3;
+  const model = o.model;
+  const compressParams = o.compressParams ?? [];
+  if (compressParams.length && !o.compress) throw new Error('sft: compressParams given without a compress function');
+  let source: (step: number) => SftExample[];
+  let what: string;
+  if (o.examples) {
+    source = o.examples;
+    what = 'given examples';
+  } else {
+    const data = o.data;
+    if (!data) throw new Error('sft: give data or examples');
+    const queries = usableQueries(data);
+    if (!queries.length) throw new Error('sft: no usable training queries (each needs a positive and attribute rows)');
+    const emojis = emojiIndex(data.attributes.values());
+    source = (step) => {
+      const draw = o.redraw === false ? 0 : step;
+      return batchQueries(queries, o.batch, step, o.seed).map((q) => makeSftExample(model, data, emojis, q, { K, seed: o.seed, draw, maxInspections: maxIns }));
+    };
+    what = `${queries.length} training queries, K ${K}`;
+  }
+  const ckptDir = join(o.runDir, 'checkpoint');
+  mkdirSync(o.runDir, { recursive: true });
+
+  const params = [...(o.trainModel === false ? [] : model.parameterList()), ...compressParams];
+  if (!params.length) throw new Error('sft: nothing to train (trainModel false and no compress parameters)');
+  const opt = new AdamW(params, { lr: o.lr, weightDecay: 0.01, betas: [0.9, 0.95] });
+  const resumeStep = savedStep(ckptDir);
+  const start = resumeStep ?? 0;
+  if (resumeStep !== null) {
+    await loadSftCheckpointInto(ckptDir, model, compressParams);
+    await loadOptimizerState(ckptDir, opt);
+    log(`sft: resuming from ${ckptDir} at step ${start}`);
+  }
+  log(`sft: ${what}, batch ${o.batch}, ${o.steps} steps, ${o.compress ? 'compressed candidates (ICM)' : 'full candidates'}, at most ${maxIns} inspections per trace`);
+  const schedule = cosineSchedule({ peakLr: o.lr, warmupSteps: o.warmupSteps ?? Math.min(50, Math.floor(o.steps / 10)), totalSteps: o.steps, minLr: o.minLr ?? o.lr / 10 });
+  const save = async (dir: string, step: number) => {
+    await saveSftCheckpoint(dir, model, compressParams);
+    await saveRunState(dir, opt, step);
+  };
+  const logPath = join(o.runDir, 'log.jsonl');
+  const V = model.tokenizer.vocabSize;
+  let lastLoss = NaN;
+  try {
+    for (let step = start; step < o.steps; step++) {
+      const t0 = performance.now();
+      const examples = source(step);
+      const B = examples.length;
+      const lr = schedule(step);
+      const counts = { tokens: 0, traceTokens: 0, promptTokens: 0, inspections: 0 };
+      const loss = trainStep(params, opt, lr, o.clip ?? 1, () => {
+        const seqs = examples.map((ex) => sftSequence(model, ex, maxIns, o.compress, o.system));
+        const { logits, T } = model.forward(seqs.map((s) => s.layout));
+        const targets = new Int32Array(B * T).fill(-100);
+        seqs.forEach((s, b) => {
+          targets.set(s.targets, b * T);
+          counts.tokens += s.layout.length;
+          counts.promptTokens += s.promptLength;
+          counts.traceTokens += s.traceMask.reduce((a, v) => a + v, 0);
+          counts.inspections += s.inspections.length;
+        });
+        return crossEntropy(reshape(logits, [B * T, V]), fromArray(targets, [B * T], 'i32'));
+      });
+      const v = await loss.item();
+      loss.dispose();
+      if (!Number.isFinite(v)) throw new Error(`sft: loss is ${v} at step ${step}; stopping (the last checkpoint is in ${ckptDir})`);
+      lastLoss = v;
+      const ms = performance.now() - t0;
+      const info: SftStepInfo = { step, steps: o.steps, loss: v, lr, ms, ...counts };
+      appendFileSync(logPath, JSON.stringify({ stage: 'sft', ...info }) + '\n');
+      if (o.onStep) o.onStep(info);
+      else if (step % 10 === 0 || step + 1 === o.steps) log(`sft ${step + 1}/${o.steps}  loss ${v.toFixed(4)}  lr ${lr.toExponential(2)}  ${(ms / 1000).toFixed(2)} s/step  ${counts.traceTokens} target tokens`);
+      if (o.saveEvery && (step + 1) % o.saveEvery === 0 && step + 1 < o.steps) await save(ckptDir, step + 1);
+    }
+    await getEngine().sync();
+    await save(join(o.runDir, 'final'), o.steps);
+    rmSync(ckptDir, { recursive: true, force: true });
+  } finally {
+    opt.dispose();
+  }
+  return { model, steps: o.steps, lastLoss };
+}
