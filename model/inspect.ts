@@ -339,10 +339,18 @@ export async function rerankGenerateBatch(model: Mllm, requests: readonly Rerank
 
   // Prompts: laid out and embedded one by one (images through the vision encoder, the
   // compressed candidates through the hook), prefilled together.
+  // (The hook runs inside the scope: its intermediates are freed, and the layout's
+  // compressed rows are only read through the returned embeddings.)
   const prompts = requests.map((r) => {
-    const { parts, marks } = rerankParts(r.query, r.candidates, { system: opts.system, compress: r.compress ?? opts.compress });
-    const layout = model.layout(parts, marks);
-    return { layout, embeds: noGrad(() => tidy(() => model.embed(layout))) };
+    let layout: SequenceLayout | null = null;
+    const embeds = noGrad(() =>
+      tidy(() => {
+        const { parts, marks } = rerankParts(r.query, r.candidates, { system: opts.system, compress: r.compress ?? opts.compress });
+        layout = model.layout(parts, marks);
+        return model.embed(layout);
+      }),
+    );
+    return { layout: layout! as SequenceLayout, embeds };
   });
   const maxPrompt = Math.max(...prompts.map((p) => p.layout.length));
   const session = new Session(model.llm, B, { capacity: maxPrompt + prefix.length + opts.maxNewTokens + 8 });

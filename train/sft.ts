@@ -10,8 +10,10 @@
 // <|im_end|>; never the prompt, never the spliced content.
 //
 // With a compress function whose parameters are given (compressParams), the ICM trains
-// jointly with the model (one optimizer). Batches depend only on (seed, step), so a run
-// resumes exactly from its checkpoint: runDir/checkpoint holds the model, the ICM
+// jointly with the model (one optimizer). Examples come from the benchmark (`data`: each
+// epoch a seeded permutation of the training queries, new candidate lists and wordings at
+// every step) or from the caller (`examples(step)`). Batches depend only on (seed, step),
+// so a run resumes exactly from its checkpoint: runDir/checkpoint holds the model, the ICM
 // parameters (compress.safetensors), the optimizer moments and the step; runDir/final the
 // result; runDir/log.jsonl one line per step.
 import { appendFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
@@ -211,10 +213,13 @@ export function usableQueries(data: SftData): MbeirQuery[] {
  */
 export function batchQueries<Q>(queries: readonly Q[], batch: number, step: number, seed: number): Q[] {
   const N = queries.length;
+  const order = new Map<number, Q[]>();
   const out: Q[] = [];
   for (let k = step * batch; k < (step + 1) * batch; k++) {
     const epoch = Math.floor(k / N);
-    out.push(rngFor(seed, `sft-epoch:${epoch}`).shuffle(queries)[k % N]);
+    let perm = order.get(epoch);
+    if (!perm) order.set(epoch, (perm = rngFor(seed, `sft-epoch:${epoch}`).shuffle(queries)));
+    out.push(perm[k % N]);
   }
   return out;
 }

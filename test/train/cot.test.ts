@@ -72,9 +72,10 @@ function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trac
       } else fail(s, `tone "${m[1]}" belongs to nobody`);
     }
     // Rejections name negatives only; acceptances positives only.
-    if (NEGATION.test(s)) {
+    // (names such as "sad but relieved face" do not count.)
+    if (NEGATION.test(bare)) {
       for (const p of pairs) if (pos.has(cands[p.i]) || A(p.i).name === qa.name) fail(s, `candidate ${p.i} is rejected but matches`);
-    } else if (ACCEPT.test(s)) {
+    } else if (ACCEPT.test(bare)) {
       for (const p of pairs) if (!pos.has(cands[p.i])) fail(s, `candidate ${p.i} is accepted but is a negative`);
     }
     const sub = /same subcategory \(([^)]+)\)/.exec(s);

@@ -7,7 +7,7 @@
 //
 // Queries are reranked `batch` at a time (default 1: the latency is then the latency of
 // one query; with a larger batch it is the batch's wall time divided by its size).
-import { resetStats, stats } from '../../runtime/index.ts';
+import { noGrad, resetStats, stats, tidyAsync } from '../../runtime/index.ts';
 import { type CompressFactory, type InspectEventKind, rerankGenerateBatch } from '../../model/inspect.ts';
 import type { Mllm } from '../../model/mllm.ts';
 import type { ImageStore } from '../data/inputs.ts';
@@ -99,23 +99,27 @@ export async function evaluateRerank(o: RerankEvalOptions): Promise<RerankEvalRe
   for (let s = 0; s < queries.length; s += batch) {
     const chunk = queries.slice(s, s + batch);
     const lists = chunk.map((q) => o.firstStage.get(q.qid)!.slice(0, K));
-    const requests = chunk.map((q, k) => {
+    const inputs = chunk.map((q, k) => {
       const query = queryInput(q, o.images);
       const candidates = lists[k].map((d) => {
         const c = o.byDid.get(d);
         if (!c) throw new Error(`evaluateRerank: candidate ${d} of query ${q.qid} is not in the pool`);
         return candidateInput(c, o.images);
       });
-      return { query, candidates, compress: o.compress?.(query, candidates) };
+      return { query, candidates };
     });
     const t0 = performance.now();
-    const results = await rerankGenerateBatch(o.model, requests, {
-      maxNewTokens: o.maxNewTokens ?? 768,
-      temperature: o.temperature ?? 0,
-      seed: o.seed ?? 1,
-      maxInspections: o.maxInspections ?? 3,
-      prefix: o.prefix,
-      system: o.system,
+    // The scope frees whatever the compression hooks build for these prompts.
+    const results = await tidyAsync(() => {
+      const requests = noGrad(() => inputs.map((x) => ({ ...x, compress: o.compress?.(x.query, x.candidates) })));
+      return rerankGenerateBatch(o.model, requests, {
+        maxNewTokens: o.maxNewTokens ?? 768,
+        temperature: o.temperature ?? 0,
+        seed: o.seed ?? 1,
+        maxInspections: o.maxInspections ?? 3,
+        prefix: o.prefix,
+        system: o.system,
+      });
     });
     const ms = (performance.now() - t0) / chunk.length;
     totalMs += ms * chunk.length;

@@ -1,0 +1,201 @@
+// The activation stage: the loss mask covers exactly the trace tokens (not the prompt,
+// not the spliced candidate content), a tiny model fits 4 examples and then writes a
+// trace whose inspection goes through the generator, the rerank evaluation over it, and
+// an interrupted run (with a toy compression module trained jointly) resumes exactly.
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import * as T from '../../runtime/index.ts';
+import { type CompressFactory, inspectionParts, rerankGenerate, traceLayout } from '../../model/inspect.ts';
+import { Mllm, type MllmConfig } from '../../model/mllm.ts';
+import { PRESETS, withVocab } from '../../model/presets.ts';
+import { rerankParts } from '../../model/sequence.ts';
+import { trainBpe } from '../../model/tokenizer.ts';
+import { candidateList, emojiIndex, synthesizeTrace } from '../../train/data/cot.ts';
+import { buildEmojiBenchmark } from '../../train/data/emoji-benchmark.ts';
+import { ImageStore } from '../../train/data/inputs.ts';
+import { type SftData, type SftExample, makeSftExample, sftSequence, sftTrain } from '../../train/sft.ts';
+import { evaluateRerank, rerankedOrder } from '../../train/eval/rerank.ts';
+import { expectClose } from '../helpers.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'retrv-sft-'));
+const bench = buildEmojiBenchmark({ seed: 1, maxPerTask: 20 });
+const attributes = new Map(bench.attributes.map((a) => [a.did, a]));
+const queryAttributes = new Map(bench.queryAttributes.map((a) => [a.qid, a]));
+const emojis = emojiIndex(bench.attributes);
+const K = 4;
+const SYSTEM = 'Rank.';
+
+// A tokenizer that knows the names and the trace wording (as the real one is trained on them).
+const sample = bench.queries.train.map((q) => {
+  const c = candidateList(q, { K, seed: 1, pool: bench.taskPools.get(q.task_id)!, attributes });
+  return synthesizeTrace(q, queryAttributes.get(q.qid)!, c, attributes, emojis, { seed: 1 }).text;
+});
+const tok = trainBpe([...sample, ...bench.attributes.map((a) => a.name), SYSTEM], { vocabSize: 1024 });
+const cfg = withVocab(PRESETS.tiny, tok.vocabSize);
+const config: MllmConfig = { architectures: ['RetrvMllm'], preset: 'tiny', llm: cfg.llm, vision: cfg.vision, imageSize: PRESETS.tiny.imageSize };
+const images = new ImageStore({ root: bench.meta.image_root, patchSize: cfg.vision.patchSize, mergeSize: cfg.vision.mergeSize, size: config.imageSize });
+const data: SftData = {
+  queries: bench.queries.train.filter((q) => q.task_id === 6 || q.task_id === 1),
+  queryAttributes,
+  attributes,
+  byDid: new Map(bench.pool.map((c) => [c.did, c])),
+  taskPools: bench.taskPools,
+  images,
+};
+const models: Mllm[] = [];
+let fitted: { model: Mllm; examples: SftExample[] } | null = null;
+const newModel = (seed: number) => {
+  const m = Mllm.create(config, tok, seed);
+  models.push(m);
+  return m;
+};
+afterAll(() => {
+  for (const m of models) for (const t of m.parameterList()) t.dispose();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** A toy compression module: one learned [2, D] block stands for every even candidate. */
+function toyIcm(seed: number): { compress: CompressFactory; params: T.Tensor[] } {
+  const p = T.keep(T.requireGrad(T.randn([2, config.llm.hidden], { seed, std: 0.1 })));
+  p.name = 'icm.rows';
+  return { compress: () => (_c, i) => (i % 2 === 0 ? p : null), params: [p] };
+}
+
+describe('sft', () => {
+  it('the loss mask covers exactly the trace tokens; spliced content and prompt get none', () => {
+    const model = newModel(1);
+    const ex = data.queries
+      .filter((q) => q.task_id === 6)
+      .map((q) => makeSftExample(model, data, emojis, q, { K, seed: 1, draw: 0, maxInspections: 3 }))
+      .find((e) => e.trace.inspections.length >= 2)!;
+    expect(ex).toBeDefined();
+    const icm = toyIcm(2);
+    for (const compress of [undefined, icm.compress]) {
+      const s = T.noGrad(() => sftSequence(model, ex, 3, compress, SYSTEM));
+      const l = s.layout;
+      const masked: number[] = [];
+      s.traceMask.forEach((m, t) => m && masked.push(l.ids[t]));
+      expect(masked).toEqual(ex.traceIds);
+      // Targets: exactly the trace tokens, each predicted from the position before it.
+      const targeted: number[] = [];
+      s.targets.forEach((v, t) => {
+        if (v === -100) return;
+        expect(s.traceMask[t + 1]).toBe(1);
+        expect(v).toBe(l.ids[t + 1]);
+        targeted.push(v);
+      });
+      expect(targeted).toEqual(ex.traceIds);
+      expect(s.traceMask.subarray(0, s.promptLength).every((m) => m === 0)).toBe(true);
+      // Each splice holds the candidate's full content, untargeted, right after its end marker.
+      expect(s.splices.map((x) => x.index)).toEqual(ex.trace.inspections);
+      for (const sp of s.splices) {
+        expect(l.ids[sp.start - 1]).toBe(tok.specialIds.inspectEnd);
+        const body = model.layout(inspectionParts(ex.candidates[sp.index], sp.index));
+        expect(Array.from(l.ids.subarray(sp.start, sp.end))).toEqual(Array.from(body.ids));
+        expect(s.traceMask.subarray(sp.start, sp.end).every((m) => m === 0)).toBe(true);
+        expect(s.targets.subarray(sp.start - 1, sp.end - 1).every((v) => v === -100)).toBe(true);
+      }
+      const full = model.layout(rerankParts(ex.query, ex.candidates, { system: SYSTEM }).parts);
+      if (compress) expect(s.promptLength).toBeLessThan(full.length);
+      else expect(s.promptLength).toBe(full.length);
+    }
+    icm.params[0].dispose();
+  });
+
+  it('a tiny model fits 4 examples and then generates a trace with its inspection', async () => {
+    const model = newModel(3);
+    // Short traces in the real format (one inspection each), so 40 steps fit in the time budget.
+    const examples: SftExample[] = data.queries.slice(0, 4).map((q) => {
+      const ex = makeSftExample(model, data, emojis, q, { K, seed: 1, draw: 0, maxInspections: 3 });
+      const a = ex.trace.answer;
+      const text = `<think>Look at candidate ${a}. <inspection-index-start>${a}<inspection-index-end> It matches.</think><answer>${a}</answer>`;
+      return { ...ex, trace: { ...ex.trace, text, inspections: [a] }, traceIds: [...tok.encode(text), tok.specialIds.imEnd] };
+    });
+    const losses: number[] = [];
+    await sftTrain({ model, examples: () => examples, runDir: join(dir, 'fit'), steps: 40, batch: 4, lr: 1e-2, seed: 1, system: SYSTEM, warmupSteps: 0, minLr: 1e-2, onStep: (s) => losses.push(s.loss), log: () => {} });
+    expect(losses).toHaveLength(40);
+    expect(losses.at(-1)!).toBeLessThan(losses[0] / 5);
+    const log = readFileSync(join(dir, 'fit', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(log.map((r) => r.step)).toEqual([...Array(40).keys()]);
+
+    // Greedy generation writes the learned inspection, which goes through the decoder's
+    // splice (which index 40 steps teach it to pick is not the point here).
+    const ex = examples[0];
+    const r = await rerankGenerate(model, ex.query, ex.candidates, { system: SYSTEM, maxNewTokens: ex.traceIds.length + 4, temperature: 0, seed: 1, maxInspections: 3, returnLogProbs: true });
+    expect(r.text).toMatch(/^<think>Look at candidate \d\. <inspection-index-start>\d<inspection-index-end> It matches/);
+    expect(r.events[0].kind).toBe('inspect');
+    expect(r.splices).toHaveLength(1);
+    expect(r.splices[0].at).toBeLessThan(r.tokens.length);
+    // Its log-probs equal a full forward over the same context (splice included).
+    const full = traceLayout(model, rerankParts(ex.query, ex.candidates, { system: SYSTEM }), ex.candidates, r.tokens, 3);
+    const logits = (await T.tidyAsync(async () => T.noGrad(() => T.logSoftmax(model.forward([full.layout]).logits)).toArray())) as Float32Array;
+    const V = tok.vocabSize;
+    const want: number[] = [];
+    full.traceMask.forEach((m, t) => m && want.push(logits[(t - 1) * V + full.layout.ids[t]]));
+    expectClose(r.logProbs!, want, 1e-4, 1e-4, 'log-probs of the generated trace');
+    fitted = { model, examples };
+  });
+
+  it('rerank evaluation: answer first, then the first-stage order; costs reported', async () => {
+    expect(rerankedOrder(['a', 'b', 'c'], 'c')).toEqual(['c', 'a', 'b']);
+    expect(rerankedOrder(['a', 'b', 'c'], null)).toEqual(['a', 'b', 'c']);
+    const { model, examples } = fitted!;
+    const queries = data.queries.slice(0, 4);
+    const firstStage = new Map(examples.map((e) => [e.qid, e.candidateIds]));
+    const res = await evaluateRerank({ model, queries, firstStage, byDid: data.byDid, images, K, system: SYSTEM, maxNewTokens: 24, batch: 2 });
+    expect(res.queries).toBe(4);
+    const byQid = new Map(queries.map((q) => [q.qid, q]));
+    let correct = 0;
+    let firstCorrect = 0;
+    res.perQuery.forEach((r, k) => {
+      const ex = examples[k];
+      expect(r.qid).toBe(ex.qid);
+      expect(r.answerId).toBe(r.answer === null ? null : ex.candidateIds[r.answer]);
+      expect(r.correct).toBe(r.answerId !== null && byQid.get(r.qid)!.pos_cand_list.includes(r.answerId));
+      correct += r.correct ? 1 : 0;
+      firstCorrect += byQid.get(r.qid)!.pos_cand_list.includes(ex.candidateIds[0]) ? 1 : 0;
+      expect(r.promptTokens).toBe(model.layout(rerankParts(ex.query, ex.candidates, { system: SYSTEM }).parts).length);
+    });
+    expect(res.recall.micro['R@1']).toBeCloseTo(correct / 4, 10);
+    expect(res.firstStage.micro['R@1']).toBeCloseTo(firstCorrect / 4, 10);
+    expect(res.recall.micro['R@5']).toBe(1); // every list holds its positive
+    expect(res.meanInspections).toBeCloseTo(res.perQuery.reduce((a, r) => a + r.inspections.length, 0) / 4, 10);
+    expect(res.meanInspections).toBeGreaterThan(0);
+    expect(res.events.inspect).toBe(res.perQuery.reduce((a, r) => a + r.inspections.length, 0));
+    expect(res.latencyMsPerQuery).toBeGreaterThan(0);
+    expect(res.peakGpuBytes).toBeGreaterThan(0);
+    expect(() => JSON.stringify(res)).not.toThrow();
+  });
+
+  it('an interrupted run resumes exactly, the compression module included', async () => {
+    const base = { data, batch: 2, lr: 3e-3, seed: 5, K, system: SYSTEM, steps: 4, saveEvery: 2, log: () => {} };
+    // Reference: 4 uninterrupted steps.
+    const refModel = newModel(7);
+    const refIcm = toyIcm(8);
+    const refLoss: number[] = [];
+    await sftTrain({ ...base, model: refModel, compress: refIcm.compress, compressParams: refIcm.params, runDir: join(dir, 'ref'), onStep: (s) => refLoss.push(s.loss) });
+    // Interrupted after step 2 (checkpoint at 2), then resumed in a fresh process's state.
+    const run = join(dir, 'run');
+    const a = newModel(7);
+    const aIcm = toyIcm(8);
+    await expect(sftTrain({ ...base, model: a, compress: aIcm.compress, compressParams: aIcm.params, runDir: run, onStep: (s) => { if (s.step === 2) throw new Error('interrupted'); } })).rejects.toThrow('interrupted');
+    expect(JSON.parse(readFileSync(join(run, 'checkpoint', 'state.json'), 'utf8'))).toEqual({ step: 2 });
+    const b = newModel(11); // other weights: the checkpoint must overwrite them
+    const bIcm = toyIcm(12);
+    const resumed: { step: number; loss: number }[] = [];
+    await sftTrain({ ...base, model: b, compress: bIcm.compress, compressParams: bIcm.params, runDir: run, onStep: (s) => resumed.push(s) });
+    expect(resumed.map((s) => s.step)).toEqual([2, 3]);
+    expectClose(resumed.map((s) => s.loss), refLoss.slice(2), 1e-5, 1e-5, 'losses after resume');
+    const [got, want, init] = await Promise.all([bIcm.params[0].toArray(), refIcm.params[0].toArray(), T.randn([2, config.llm.hidden], { seed: 8, std: 0.1 }).toArray()]);
+    expectClose(got, want, 1e-6, 1e-5, 'compression parameters');
+    expect(Math.max(...Array.from(got, (v, i) => Math.abs(v - init[i])))).toBeGreaterThan(1e-4); // trained jointly
+    const w = 'model.layers.0.mlp.up_proj.weight';
+    expectClose(await b.params.get(w)!.toArray(), await refModel.params.get(w)!.toArray(), 1e-6, 1e-5, w);
+    const again = await Mllm.load(join(run, 'final'));
+    models.push(again);
+    expectClose(await again.params.get(w)!.toArray(), await refModel.params.get(w)!.toArray(), 0, 0, 'final checkpoint');
+    for (const p of [...refIcm.params, ...aIcm.params, ...bIcm.params]) p.dispose();
+  });
+});
