@@ -19,7 +19,8 @@
 //   Unused MASK / KP slots are bound to any read-only buffer and never read.
 // Params: the attention_fwd.wgsl layout (0 rows, 1 Hq, 2 Tq, 3 Tk, 4 D, 5 Dv, 6 group,
 //   7 flags, 8 qOffset, 9 scale, 10 Hkv, 12..16 mask, 17..19 KP, 20..22 Q/K/V offsets,
-//   24..29 K/V strides), plus 23 = KP bit mask (0x7fffffff for f32 flags, ~0 for integers).
+//   24..29 K/V strides), plus 23 = KP bit mask (0x7fffffff for f32 flags, ~0 for integers),
+//   30 = KB (the key-loop bound, from params so that Mesa keeps the loop rolled).
 // Defines: DC (vec4 chunks held per row, >= ceil(max(D, Dv) / 4)), KB (keys per block =
 //   lanes sharing loads, a power of two <= the subgroup size), R (query rows per
 //   invocation), WG (invocations per workgroup), KT (K / V element type), KV4 (true when KT
@@ -138,6 +139,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   }
 
   let lane = sgi % KB;
+  // The key loops run to KB read from params, so Mesa keeps them rolled whatever the body
+  // size (the shuffle lane is then a register, still one permute): unrolling them would
+  // multiply the code and the compile time by KB.
+  let kbN = pu(30u);
+  // This lane's K and V rows, loaded by one rolled loop over the chunks the head sizes
+  // need (one copy of the per-lane load code instead of DC; compile time grew with it).
+  // Chunks past them stay zero.
+  let nK4 = (D + 3u) / 4u;
+  let nV4 = (Dv + 3u) / 4u;
+  var kr: array<vec4<f32>, DC>;
+  var vr: array<vec4<f32>, DC>;
+  for (var d = 0u; d < DC; d++) {
+    kr[d] = vec4<f32>(0.0);
+    vr[d] = vec4<f32>(0.0);
+  }
   let kpMask = pu(23u);
   for (var j0 = 0u; j0 < jEnd; j0 += KB) {
     // This lane's key of the block (clamped: keys past Tk get weight 0 below).
@@ -149,20 +165,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     // subgroup passes row c around chunk by chunk. Key-outer order keeps the R running dot
     // products in registers (the rows themselves spill; reading a spilled value is cheap,
     // a spilled accumulator costs a store per update).
-    var kr: Row;
     let kb = kRow0 + jl * pu(26u);
-    for (var h = 0u; h < NCH; h++) {
-      for (var e = 0u; e < CH; e++) { kr[h][e] = ldK(kb, h * CH + e, D); }
-    }
+    for (var d = 0u; d < nK4; d++) { kr[d] = ldK(kb, d, D); }
     var s: array<array<f32, KB>, R>;
-    for (var c = 0u; c < KB; c++) {
+    for (var c = 0u; c < kbN; c++) {
       // (Explicitly zeroed: a declaration without initializer inside a loop kept the last
       // iteration's values on Dawn / lavapipe, against WGSL's zero-initialization.)
       var dots: array<vec4<f32>, R>;
       for (var u = 0u; u < R; u++) { dots[u] = vec4<f32>(0.0); }
       for (var h = 0u; h < NCH; h++) {
         for (var e = 0u; e < CH; e++) {
-          let kc = subgroupShuffle(kr[h][e], c);
+          let kc = subgroupShuffle(kr[h * CH + e], c);
           for (var u = 0u; u < R; u++) { dots[u] = fma(q[u][h][e], kc, dots[u]); }
         }
       }
@@ -203,15 +216,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     }
 
     // acc += p V: the lane loads its key's V row, the subgroup passes row c around.
-    var vr: Row;
     let vb = vRow0 + jl * pu(29u);
-    for (var h = 0u; h < NCH; h++) {
-      for (var e = 0u; e < CH; e++) { vr[h][e] = ldV(vb, h * CH + e, Dv); }
-    }
-    for (var c = 0u; c < KB; c++) {
+    for (var d = 0u; d < nV4; d++) { vr[d] = ldV(vb, d, Dv); }
+    for (var c = 0u; c < kbN; c++) {
       for (var h = 0u; h < NCH; h++) {
         for (var e = 0u; e < CH; e++) {
-          let vc = subgroupShuffle(vr[h][e], c);
+          let vc = subgroupShuffle(vr[h * CH + e], c);
           for (var u = 0u; u < R; u++) { acc[u][h][e] = fma(vec4<f32>(p[u][c]), vc, acc[u][h][e]); }
         }
       }

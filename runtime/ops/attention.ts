@@ -3,6 +3,9 @@
 // (shaders/attention_fwd.wgsl) and saves only the row logsumexp; the backward recomputes
 // the scores (FlashAttention-2 style): dQ per query row, dK/dV per key row summing over the
 // grouped query heads, so no [Tq, Tk] matrix is ever stored and no float atomics are needed.
+// Two kernel families (ATTENTION_KERNELS): `rows` (attention_fwd / _bwd_q / _bwd_kv.wgsl,
+// one row per invocation) for GPUs, and `sg` (the *_sg.wgsl kernels) for CPU adapters with
+// subgroups, where the lanes of a subgroup share every K / V (backward: Q / dO) load.
 import { assertDType } from '../dtype.ts';
 import { Params, getEngine } from '../engine.ts';
 import { Tensor, empty, shapeStr } from '../tensor.ts';
@@ -29,14 +32,16 @@ export interface AttentionOptions {
 }
 
 /**
- * Forward kernel variants (measured: bench/attention-log.md).
- * rows: one query row per invocation, every lane loads its own K / V (attention_fwd.wgsl);
- *   runs anywhere, the default on GPUs.
- * sg: the lanes of a subgroup share K / V loads via subgroupShuffle (attention_fwd_sg.wgsl),
- *   R query rows per lane: by default as many as keep R * ceil(D / 4) <= 64 vec4 per lane
- *   (more spilled state was 2-8x slower on lavapipe), at most 4. The default on CPU
- *   adapters with subgroups. sg-kb4 (R = 1, blocks of 4 keys: below lavapipe's subgroup
- *   of 8) exists so that tests run the subgroup-larger-than-block and one-row paths.
+ * Kernel variants (measured: bench/attention-log.md); the backward of a call uses the family
+ * of its forward.
+ * rows: one query (backward: key) row per invocation, every lane loads its own K / V rows
+ *   (attention_fwd / _bwd_q / _bwd_kv.wgsl); runs anywhere, the default on GPUs.
+ * sg: the lanes of a subgroup share K / V (backward: Q / dO) loads via subgroupShuffle
+ *   (attention_*_sg.wgsl), R rows per lane, by default the most (<= 4) that keep
+ *   R * ceil(D / 4) <= 64 vec4 per lane forward, 32 backward (more spilled state was 2-8x
+ *   slower on lavapipe). The default on CPU adapters with subgroups. sg-kb4 (R = 1, blocks
+ *   of 4 keys: below lavapipe's subgroup of 8) exists so that tests run the
+ *   subgroup-larger-than-block and one-row paths.
  */
 export const ATTENTION_KERNELS: Record<string, { shader: string; R?: number; KB?: number }> = {
   rows: { shader: 'attention_fwd' },
@@ -67,6 +72,31 @@ export function attentionKernelBlocker(name: AttentionKernelName): string | null
 export function pickAttentionKernel(): AttentionKernelName {
   const ctx = getEngine().ctx;
   return ctx.isSoftware && !attentionKernelBlocker('sg') ? 'sg' : 'rows';
+}
+
+/** Tile config of an sg kernel: rows (or keys) per lane, lanes per workgroup, keys per block. */
+interface SgConfig {
+  R: number;
+  WG: number;
+  KB: number;
+  DC: number;
+}
+
+/**
+ * Config of the subgroup kernels for head sizes up to 4 * DC: R (rows per lane) is the largest
+ * power of two <= 4 with R * DC <= budget. Past the measured budget the spilled per-lane state
+ * made the kernels 2-8x slower on lavapipe (bench/attention-log.md).
+ */
+function sgConfig(name: AttentionKernelName, maxD: number, budget: number): SgConfig {
+  const v = ATTENTION_KERNELS[name];
+  const DC = MAX_D_CHOICES.find((c) => c >= Math.max(maxD, 1))! / 4;
+  const R = v.R ?? Math.min(4, Math.max(1, 2 ** Math.floor(Math.log2(budget / DC))));
+  // Keys per block: the lanes that share loads, a power of two no larger than the
+  // adapter's smallest subgroup (so lanes 0..KB-1 of every subgroup exist).
+  const KB = 2 ** Math.floor(Math.log2(Math.min(v.KB ?? 32, subgroupMin())));
+  // 32 rows per workgroup (a tight causal range, enough workgroups for the cores), and never
+  // fewer lanes than a key block.
+  return { R, WG: Math.max(32 / R, KB), KB, DC };
 }
 
 /** Largest head size the kernels' private arrays hold. */
@@ -161,6 +191,7 @@ function attentionParams(
   mask: Tensor | undefined,
   pad: Tensor | undefined,
   kpMask = 0,
+  kb = 0,
 ): Params {
   const ms = mask ? alignedStrides(mask, 4) : [0, 0, 0, 0];
   const ps = pad ? alignedStrides(pad, 2) : [0, 0];
@@ -173,7 +204,8 @@ function attentionParams(
     .u32(mask ? mask.offset : 0, ...ms)
     .u32(pad ? pad.offset : 0, ...ps)
     .u32(qc.offset, kc.offset, vc.offset, kpMask)
-    .u32(...rowStrides(kc), ...rowStrides(vc));
+    .u32(...rowStrides(kc), ...rowStrides(vc))
+    .u32(kb);
 }
 
 /**
@@ -223,22 +255,17 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const blocked = attentionKernelBlocker(kname);
   if (blocked) throw new RangeError(`attention: ${blocked}`);
   const kernel = ATTENTION_KERNELS[kname];
-  if (kernel.shader === 'attention_fwd_sg') {
-    const DC = MAX_D_CHOICES.find((c) => c >= Math.max(D, Dv, 1))! / 4;
-    const R = kernel.R ?? Math.min(4, Math.max(1, 64 / DC));
-    // Keys per block: the lanes that share loads, a power of two no larger than the
-    // adapter's smallest subgroup (so lanes 0..KB-1 of every subgroup exist).
-    const KB = 2 ** Math.floor(Math.log2(Math.min(kernel.KB ?? 32, subgroupMin())));
-    // 32 query rows per workgroup (a tight causal key range, enough workgroups for the
-    // cores), and never fewer lanes than a key block.
-    const WG = Math.max(32 / R, KB);
-    const kv4 = def.W === 4;
-    // Key padding is read as u32 words: a nonzero f32 flag has a nonzero non-sign bit.
-    const kpMask = pad && pad.dtype === 'f32' ? 0x7fffffff : 0xffffffff;
+  const sg = kernel.shader === 'attention_fwd_sg';
+  // Key padding is read as u32 words by the sg kernels: a nonzero f32 flag has a nonzero
+  // non-sign bit.
+  const kpMask = pad && pad.dtype === 'f32' ? 0x7fffffff : 0xffffffff;
+  const kv4 = def.W === 4;
+  if (sg) {
+    const { R, WG, KB, DC } = sgConfig(kname, Math.max(D, Dv), 64);
     getEngine().dispatch({
       shader: kernel.shader,
       defines: { DC, KB, R, WG, KT: kv4 ? 'vec4<f32>' : 'f32', KV4: String(kv4) },
-      params: attentionParams(rows, dims, flags, qOffset, scale, 0, qc, kc, vc, mask, pad, kpMask),
+      params: attentionParams(rows, dims, flags, qOffset, scale, 0, qc, kc, vc, mask, pad, kpMask, KB),
       buffers: [qc.buf, kc.buf, vc.buf, maskBuf, padBuf, out.buf, lse.buf],
       workgroups: [Math.ceil((Tq * (Hq / Hkv)) / (WG * R)), B * Hkv],
       label: `${label} (${kname})`,
@@ -261,9 +288,10 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
     [q, k, v],
     (g, saved) => {
       const [qs, ksIn, vsIn, os, ls] = saved;
-      // The backward kernels index k and v densely: copy strided (cache) views first.
-      const ks = ksIn.isContiguous() ? ksIn : contiguous(ksIn);
-      const vs = vsIn.isContiguous() ? vsIn : contiguous(vsIn);
+      // The rows kernels index k and v densely: copy strided (cache) views first. The sg
+      // kernels read them in place.
+      const ks = sg || ksIn.isContiguous() ? ksIn : contiguous(ksIn);
+      const vs = sg || vsIn.isContiguous() ? vsIn : contiguous(vsIn);
       const ms = mask ? saved[5] : undefined;
       const ps = pad ? saved[mask ? 6 : 5] : undefined;
       const gc = contiguous(g);
@@ -279,26 +307,50 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
       const mb = ms ? ms.buf : qs.buf;
       const pb = ps ? ps.buf : qs.buf;
       const dq = empty([B, Hq, Tq, D]);
-      eng.dispatch({
-        shader: 'attention_bwd_q',
-        defines: def,
-        params: attentionParams(rows, dims, flags, qOffset, scale, 0, qs, ks, vs, ms, ps),
-        buffers: [qs.buf, ks.buf, vs.buf, mb, pb, gc.buf, ld.buf, dq.buf],
-        workgroups: grid1d(rows, 64),
-        label: `${label} backward (dq)`,
-      });
       // dK and dV share one buffer (binding limit); both are returned as dense views of it.
       const kRows = B * Hkv * Tk;
       const nK = kRows * D;
       const dkv = empty([nK + kRows * Dv]);
-      eng.dispatch({
-        shader: 'attention_bwd_kv',
-        defines: def,
-        params: attentionParams(kRows, dims, flags, qOffset, scale, nK, qs, ks, vs, ms, ps),
-        buffers: [qs.buf, ks.buf, vs.buf, mb, pb, gc.buf, ld.buf, dkv.buf],
-        workgroups: grid1d(kRows, 64),
-        label: `${label} backward (dk, dv)`,
-      });
+      if (sg) {
+        // dQ: a lane holds q, dO and dq per row; dK/dV: k, v, dk and dv per key, so the
+        // budget is half the forward's (measured: bench/attention-log.md; D 64: R = 2,
+        // D 128: R = 1, which ran 1.4x faster there than R = 2).
+        const cb = sgConfig(kname, Math.max(D, Dv), 32);
+        eng.dispatch({
+          shader: 'attention_bwd_q_sg',
+          defines: { DC: cb.DC, KB: cb.KB, R: cb.R, WG: cb.WG, KT: kv4 ? 'vec4<f32>' : 'f32', KV4: String(kv4) },
+          params: attentionParams(rows, dims, flags, qOffset, scale, 0, qs, ks, vs, ms, ps, kpMask, cb.KB),
+          buffers: [qs.buf, ks.buf, vs.buf, mb, pb, gc.buf, ld.buf, dq.buf],
+          workgroups: [Math.ceil((Tq * (Hq / Hkv)) / (cb.WG * cb.R)), B * Hkv],
+          label: `${label} backward (dq, ${kname})`,
+        });
+        const qv4 = D % 4 === 0 && Dv % 4 === 0 && qs.offset % 4 === 0;
+        eng.dispatch({
+          shader: 'attention_bwd_kv_sg',
+          defines: { DC: cb.DC, KB: cb.KB, R: cb.R, WG: cb.WG, QT: qv4 ? 'vec4<f32>' : 'f32', QV4: String(qv4) },
+          params: attentionParams(kRows, dims, flags, qOffset, scale, nK, qs, ks, vs, ms, ps, kpMask, cb.KB),
+          buffers: [qs.buf, ks.buf, vs.buf, mb, pb, gc.buf, ld.buf, dkv.buf],
+          workgroups: [Math.ceil(Tk / (cb.WG * cb.R)), B * Hkv],
+          label: `${label} backward (dk, dv, ${kname})`,
+        });
+      } else {
+        eng.dispatch({
+          shader: 'attention_bwd_q',
+          defines: def,
+          params: attentionParams(rows, dims, flags, qOffset, scale, 0, qs, ks, vs, ms, ps),
+          buffers: [qs.buf, ks.buf, vs.buf, mb, pb, gc.buf, ld.buf, dq.buf],
+          workgroups: grid1d(rows, 64),
+          label: `${label} backward (dq)`,
+        });
+        eng.dispatch({
+          shader: 'attention_bwd_kv',
+          defines: def,
+          params: attentionParams(kRows, dims, flags, qOffset, scale, nK, qs, ks, vs, ms, ps),
+          buffers: [qs.buf, ks.buf, vs.buf, mb, pb, gc.buf, ld.buf, dkv.buf],
+          workgroups: grid1d(kRows, 64),
+          label: `${label} backward (dk, dv)`,
+        });
+      }
       const dk = dkv.view([B, Hkv, Tk, D], undefined, 0);
       const dv = dkv.view([B, Hkv, Tk, Dv], undefined, nK);
       dkv.dispose();

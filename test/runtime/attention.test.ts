@@ -77,6 +77,67 @@ function refAttention(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<n
   return out;
 }
 
+/** Float64 gradients of sum(attention(q, k, v) * dO): the reference backward for large heads. */
+function refAttentionGrad(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, dO: ArrayLike<number>, d: Dims, o: RefOpts) {
+  const { B, Hq, Hkv, Tq, Tk, D, Dv } = d;
+  const scale = o.scale ?? 1 / Math.sqrt(D);
+  const qOffset = o.qOffset ?? Tk - Tq;
+  const group = Hq / Hkv;
+  const dq = new Float64Array(q.length);
+  const dk = new Float64Array(k.length);
+  const dv = new Float64Array(v.length);
+  const maskAt = (b: number, h: number, i: number, j: number) => {
+    if (!o.mask) return 0;
+    const ms = [...new Array(4 - o.mask.shape.length).fill(1), ...o.mask.shape];
+    const c = [b, h, i, j];
+    let idx = 0;
+    for (let a = 0; a < 4; a++) idx = idx * ms[a] + (ms[a] === 1 ? 0 : c[a]);
+    return o.mask.data[idx];
+  };
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < Hq; h++) {
+      const kvh = Math.floor(h / group);
+      for (let i = 0; i < Tq; i++) {
+        const qi = ((b * Hq + h) * Tq + i) * D;
+        const oi = ((b * Hq + h) * Tq + i) * Dv;
+        const s: number[] = [];
+        const js: number[] = [];
+        for (let j = 0; j < Tk; j++) {
+          if (o.causal && j > qOffset + i) continue;
+          if (o.pad && o.pad[b * Tk + j] === 0) continue;
+          const bias = maskAt(b, h, i, j);
+          if (bias === -Infinity) continue;
+          let dot = 0;
+          for (let x = 0; x < D; x++) dot += q[qi + x] * k[((b * Hkv + kvh) * Tk + j) * D + x];
+          s.push(scale * dot + bias);
+          js.push(j);
+        }
+        if (!js.length) continue;
+        const m = Math.max(...s);
+        const e = s.map((x) => Math.exp(x - m));
+        const l = e.reduce((a, x) => a + x, 0);
+        const p = e.map((x) => x / l);
+        const dp = js.map((j) => {
+          let t = 0;
+          for (let x = 0; x < Dv; x++) t += dO[oi + x] * v[((b * Hkv + kvh) * Tk + j) * Dv + x];
+          return t;
+        });
+        const Di = p.reduce((a, x, n) => a + x * dp[n], 0);
+        js.forEach((j, n) => {
+          const ds = p[n] * (dp[n] - Di);
+          const kj = ((b * Hkv + kvh) * Tk + j) * D;
+          const vj = ((b * Hkv + kvh) * Tk + j) * Dv;
+          for (let x = 0; x < D; x++) {
+            dq[qi + x] += scale * ds * k[kj + x];
+            dk[kj + x] += scale * ds * q[qi + x];
+          }
+          for (let x = 0; x < Dv; x++) dv[vj + x] += p[n] * dO[oi + x];
+        });
+      }
+    }
+  return { dq, dk, dv };
+}
+
 const f32 = (a: ArrayLike<number>) => Float32Array.from(a);
 
 /** Random additive mask: values in [-2, 2], some -Infinity, with a random broadcast shape. */
@@ -139,6 +200,14 @@ const dimsArb = fc.record({
 
 /** Every forward kernel variant this adapter can run: each is forced through every case. */
 const kernels = (Object.keys(T.ATTENTION_KERNELS) as T.AttentionKernelName[]).filter((n) => !T.attentionKernelBlocker(n));
+
+/**
+ * (D, Dv) pairs up to 256: the sg kernels hold rows as 1..8 register chunks and take 4, 2 or
+ * 1 rows per lane by head size (64: forward 4, backward 2; 128: 2 and 1; 256: 1 and 1).
+ * sg-kb4 always runs one row per lane: one pair keeps its compile time down.
+ */
+const largeHeads = (kernel: T.AttentionKernelName): [number, number][] =>
+  kernel === 'sg-kb4' ? [[20, 256]] : [[64, 40], [128, 128], [256, 64], [20, 256]];
 
 describe('attention kernel choice', () => {
   it('runs the subgroup kernel by default on CPU adapters with subgroups, and names unknown kernels', () => {
@@ -289,7 +358,7 @@ for (const kernel of kernels) describe(`attention forward (${kernel})`, () => {
   });
 
   it('large head sizes (register chunks) with GQA, causal, padding and a mask', async () => {
-    for (const [D, Dv] of [[128, 128], [256, 64], [20, 256]]) {
+    for (const [D, Dv] of largeHeads(kernel)) {
       const d: Dims = { B: 1, Hq: 2, Hkv: 1, Tq: 11, Tk: 13, D, Dv };
       const q = randArray(d.B * d.Hq * d.Tq * d.D, 81 + D, -0.5, 0.5);
       const k = randArray(d.B * d.Hkv * d.Tk * d.D, 82 + D, -0.5, 0.5);
@@ -358,8 +427,8 @@ describe('attention backward', () => {
     });
   }
 
-  for (const D of [3, 4]) {
-    it(`gradients through strided k / v views (slices of a longer buffer), D = ${D}`, async () => {
+  for (const D of [3, 4]) for (const kernel of kernels) {
+    it(`gradients through strided k / v views (slices of a longer buffer), D = ${D} (forward ${kernel})`, async () => {
       const d: Dims = { B: 2, Hq: 2, Hkv: 1, Tq: 2, Tk: 4, D, Dv: D };
       await checkOp({
         inputs: [
@@ -372,13 +441,14 @@ describe('attention backward', () => {
           T.attention(q, T.slice(T.pad(k, [[0, 4], [0, 0]]), 2, 0, d.Tk), T.slice(T.pad(v, [[2, 2], [0, 0]]), 2, 2, 2 + d.Tk), {
             causal: true,
             qOffset: 1,
+            kernel,
           }),
         cpu: ([q, k, v]) => refAttention(q, k, v, d, { causal: true, qOffset: 1 }),
       });
     });
   }
 
-  it('fully masked rows get exactly zero gradients', async () => {
+  for (const kernel of kernels) it(`fully masked rows get exactly zero gradients (forward ${kernel})`, async () => {
     const d: Dims = { B: 1, Hq: 2, Hkv: 1, Tq: 2, Tk: 3, D: 3, Dv: 2 };
     await T.tidyAsync(async () => {
       const qc = T.requireGrad(T.fromArray(f32(randArray(d.B * d.Hq * d.Tq * d.D, 51)), [d.B, d.Hq, d.Tq, d.D]));
@@ -386,7 +456,7 @@ describe('attention backward', () => {
       const v = T.requireGrad(T.fromArray(f32(randArray(d.Hkv * d.Tk * d.Dv, 53)), [d.B, d.Hkv, d.Tk, d.Dv]));
       // Query row 0 sees nothing (-inf everywhere); row 1 sees key 2 only.
       const mask = T.fromArray([-Infinity, -Infinity, -Infinity, -Infinity, -Infinity, 0], [2, 3]);
-      const y = T.attention(qc, k, v, { mask });
+      const y = T.attention(qc, k, v, { mask, kernel });
       T.backward(T.sum(T.mul(y, y)));
       const gq = await qc.grad!.toArray();
       const gk = await k.grad!.toArray();
@@ -402,4 +472,35 @@ describe('attention backward', () => {
       for (const t of [k, v, qc]) t.grad?.dispose();
     });
   });
+
+  for (const kernel of kernels) {
+    it(`gradients for large head sizes against a float64 backward (forward ${kernel})`, async () => {
+      for (const [D, Dv] of largeHeads(kernel)) {
+        const d: Dims = { B: 1, Hq: 2, Hkv: 1, Tq: 7, Tk: 9, D, Dv };
+        const q = randArray(d.B * d.Hq * d.Tq * d.D, 91 + D, -0.5, 0.5);
+        const k = randArray(d.B * d.Hkv * d.Tk * d.D, 92 + D, -0.5, 0.5);
+        const v = randArray(d.B * d.Hkv * d.Tk * d.Dv, 93 + D);
+        const w = randArray(d.B * d.Hq * d.Tq * d.Dv, 94 + D);
+        const o: RefOpts = { causal: true, qOffset: 2, pad: randomPad(d, 95 + D), mask: randomMask(d, 96 + D) };
+        const want = refAttentionGrad(q, k, v, w, d, o);
+        await T.tidyAsync(async () => {
+          const [tq, tk, tv] = [[q, d.D, d.Hq, d.Tq], [k, d.D, d.Hkv, d.Tk], [v, d.Dv, d.Hkv, d.Tk]].map(([x, n, h, t]) =>
+            T.requireGrad(T.fromArray(f32(x as Float64Array), [d.B, h as number, t as number, n as number])),
+          );
+          const y = T.attention(tq, tk, tv, {
+            causal: true,
+            qOffset: o.qOffset,
+            keyPadding: T.fromArray(Array.from(o.pad!), [d.B, d.Tk], 'f32'),
+            mask: T.fromArray(f32(o.mask!.data), o.mask!.shape),
+            kernel,
+          });
+          T.backward(T.sum(T.mul(y, T.fromArray(f32(w), y.shape))));
+          expectClose(await tq.grad!.toArray(), want.dq, 1e-5, 1e-4, `dq, D ${D}, Dv ${Dv}`);
+          expectClose(await tk.grad!.toArray(), want.dk, 1e-5, 1e-4, `dk, D ${D}, Dv ${Dv}`);
+          expectClose(await tv.grad!.toArray(), want.dv, 1e-5, 1e-4, `dv, D ${D}, Dv ${Dv}`);
+          for (const t of [tq, tk, tv]) t.grad?.dispose();
+        });
+      }
+    });
+  }
 });
