@@ -2,7 +2,7 @@
 // CC0 1.0 legal code, embedded in train/data) on whatever WebGPU adapter is present,
 // with a progress line, a JSONL log, resumable checkpoints and a sample at the end.
 //
-//   npm run demo -- [--steps 300] [--run runs/demo-lm] [--fresh] [--quiet]
+//   npm run demo -- [--steps 1000] [--run runs/demo-lm] [--fresh] [--quiet]
 //
 // Later pipeline stages (the retrieval benchmark, Retrv-R1 training) replace this job.
 import { appendFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
@@ -29,7 +29,7 @@ import { loadOptimizerState, saveRunState, savedStep, trainStep } from './run-st
 
 const { values: args } = parseArgs({
   options: {
-    steps: { type: 'string', default: '300' },
+    steps: { type: 'string', default: '1000' },
     run: { type: 'string', default: 'runs/demo-lm' },
     fresh: { type: 'boolean', default: false },
     quiet: { type: 'boolean', default: false },
