@@ -11,12 +11,12 @@ import { cpus, platform, release } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import b from 'benny';
-import { init } from '../runtime/index.ts';
+import { init, lastMatmulChoice, tunePending } from '../runtime/index.ts';
 import { ortVersion, ortWebgpuPlacement } from './peers/ort.ts';
 import { type BenchCase, type CheckReport, CheckFailed, Skip, type Suite, type SuiteOptions, type Work } from './suites/_lib.ts';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const SUITE_ORDER = ['matmul', 'softmax', 'rmsnorm', 'attention', 'fused', 'train', 'model'];
+const SUITE_ORDER = ['matmul', 'softmax', 'rmsnorm', 'attention', 'fused', 'train', 'train-presets', 'model'];
 
 const HELP = `usage: npm run bench -- [flags]
   --quick              small shapes (matmul 256,512), shorter timing (max-time 1 s, min-samples 3)
@@ -25,6 +25,8 @@ const HELP = `usage: npm run bench -- [flags]
   --lib a,b            libraries to run (retrv, retrv+io, tfjs-webgpu, ort-webgpu, ort-cpu; suite fused: fused, unfused)
   --max-time S         benny: seconds of sampling per case (default 5)
   --min-samples N      benny: at least N samples per case (default 5)
+  --tune               tune retrv's matmul classes each case uses (after its check, before timing;
+                       the winner is cached per adapter, see runtime/tune.ts)
   --timeout S          give up when one setup/check/run/teardown call takes longer (default 300)
   --out FILE           JSON path (default bench/results/<timestamp>.json)`;
 
@@ -34,6 +36,7 @@ class UsageError extends Error {}
 interface Flags extends SuiteOptions {
   suites: string[] | null;
   libs: string[] | null;
+  tune: boolean;
   maxTime: number;
   minSamples: number;
   timeout: number;
@@ -41,7 +44,7 @@ interface Flags extends SuiteOptions {
 }
 
 function parseFlags(argv: string[]): Flags {
-  const f: Flags = { quick: false, sizes: [256, 512, 1024, 2048], suites: null, libs: null, maxTime: 5, minSamples: 5, timeout: 300, out: null };
+  const f: Flags = { quick: false, sizes: [256, 512, 1024, 2048], suites: null, libs: null, tune: false, maxTime: 5, minSamples: 5, timeout: 300, out: null };
   let sizesGiven = false;
   let maxTimeGiven = false;
   let minSamplesGiven = false;
@@ -61,6 +64,9 @@ function parseFlags(argv: string[]): Flags {
     switch (flag) {
       case '--quick':
         f.quick = true;
+        break;
+      case '--tune':
+        f.tune = true;
         break;
       case '--sizes':
         f.sizes = list(value(), flag).map((s) => num(s, flag, true));
@@ -155,6 +161,12 @@ interface CaseResult {
   gflops?: number;
   /** work.bytes / mean time, in 1e9 per second. */
   gbps?: number;
+  /** With --tune: the matmul classes tuned for this case and their winners. */
+  tuned?: { classKey: string; kernel: string | null; candidates: Record<string, number | string> }[];
+  /** retrv matmul cases: the kernel the timed runs used and why (tuned or default). */
+  kernel?: { kernel: string; source: string; classKey: string };
+  /** Model FLOPs utilisation: gflops over the GFLOP/s of the case named by params.mfuReference. */
+  mfu?: number;
 }
 
 /**
@@ -211,7 +223,17 @@ async function runCase(suite: Suite, c: BenchCase, flags: Flags): Promise<CaseRe
       if (e instanceof CheckFailed || e instanceof Skip || e instanceof Hung) throw e;
       throw new CheckFailed(`check threw: ${(e as Error).message}`);
     }
+    if (flags.tune && c.library.startsWith('retrv')) {
+      // Classes the check ran with the default kernel; re-check with the winners.
+      const tuned = await watch(tunePending(), 'tuning', flags.timeout);
+      if (tuned.length) {
+        r.tuned = tuned.map((t) => ({ classKey: t.classKey, kernel: t.kernel, candidates: t.candidates }));
+        r.check = await watch(c.check(), 'check() after tuning', flags.timeout);
+      }
+    }
     await watch(c.run(), 'warm-up run()', flags.timeout);
+    // Which kernel a plain matmul case runs (tuned winner or default).
+    if (/^matmul \d/.test(c.name) && c.library === 'retrv') r.kernel = lastMatmulChoice() ?? undefined;
     r.timing = await time(c, flags);
     const sec = r.timing.meanMs / 1e3;
     if (c.work.flops) r.gflops = c.work.flops / sec / 1e9;
@@ -351,6 +373,12 @@ async function main(): Promise<void> {
     }
   }
 
+  for (const r of results) {
+    const ref = r.params.mfuReference;
+    const base = typeof ref === 'string' ? results.find((x) => x.suite === r.suite && x.case === ref && x.gflops) : undefined;
+    if (base?.gflops && r.gflops) r.mfu = r.gflops / base.gflops;
+  }
+
   // Whether onnxruntime's WebGPU EP exists in this build and takes MatMul (probed once).
   const ortWebgpu = suites.some((s) => s.name === 'matmul') ? await ortWebgpuPlacement() : 'not probed';
   const report = {
@@ -386,6 +414,14 @@ async function main(): Promise<void> {
   if (report.speedups.length) {
     console.log('\nfused kernels vs their unfused compositions (speedup = unfused / fused mean time; +MiB = peak over the live inputs):\n');
     console.log(speedupTable(report.speedups));
+  }
+  const mfuRows = results.filter((r) => r.mfu !== undefined);
+  if (mfuRows.length) {
+    console.log('\nmodel FLOPs utilisation (model GFLOP/s over the measured matmul rate in this run):\n');
+    for (const r of mfuRows) {
+      const tokS = typeof r.params.tokens === 'number' && r.timing ? (r.params.tokens * 1e3) / r.timing.meanMs : NaN;
+      console.log(`  ${r.case}: ${fmt(tokS, 0)} tokens/s, ${fmt(r.gflops)} GFLOP/s, MFU ${(100 * r.mfu!).toFixed(1)}% of ${r.params.mfuReference}`);
+    }
   }
   if (hung) process.exitCode = 1;
 }

@@ -8,7 +8,9 @@
 // 2. While a map or onSubmittedWorkDone is pending, Dawn polls through back-to-back
 //    global `setImmediate` calls, which keeps a whole core busy. On a 2-core machine
 //    running lavapipe that core is a third of the compute. We throttle: after about
-//    1 ms of back-to-back polls, the next poll waits on a 1 ms timer.
+//    1 ms of back-to-back polls, the next poll waits on a 1 ms timer. Only on software
+//    adapters: on a GPU the CPU is free anyway, and a 1 ms timer would add up to a
+//    millisecond to every wait (RETRV_POLL=throttle or spin overrides the choice).
 import { create, globals } from 'webgpu';
 
 export interface GpuContext {
@@ -59,6 +61,8 @@ function installGlobals(): void {
 }
 
 let throttled = false;
+/** Whether the installed throttle acts: decided per adapter once it is known. */
+let throttleActive = true;
 /** Throttle the poll loop Dawn drives through the global setImmediate (note 2 above). */
 export function throttlePolling(): void {
   if (throttled) return;
@@ -70,7 +74,7 @@ export function throttlePolling(): void {
     const now = performance.now();
     if (now - lastCall > 2) burstStart = now; // a new burst of polling
     lastCall = now;
-    if (now - burstStart > 1) {
+    if (throttleActive && now - burstStart > 1) {
       // Keep the Immediate-shaped return value by scheduling the Immediate after the timer.
       let imm: NodeJS.Immediate | undefined;
       const t = setTimeout(() => {
@@ -150,6 +154,8 @@ async function initGpu(): Promise<GpuContext> {
     type: (ai as unknown as { adapterType?: string }).adapterType ?? '',
   };
   const isSoftware = isSoftwareAdapter(ai);
+  const poll = process.env.RETRV_POLL;
+  throttleActive = poll === 'throttle' ? true : poll === 'spin' ? false : isSoftware;
   const name = info.description || info.device || info.vendor || 'unknown adapter';
   const description = `${name} [${[isSoftware ? 'cpu' : info.type || 'gpu', info.vendor, info.architecture].filter(Boolean).join(', ')}]`;
   const features = new Set<string>([...device.features] as string[]);

@@ -6,11 +6,13 @@
 // stride belongs to which axis, so backward (dA = g B^T, dB = A^T g) needs no transposes.
 // A view whose last two dims both lack a unit stride is copied first.
 //
-// Kernels: each invocation keeps a register tile; none uses workgroup memory.
+// Kernels: each invocation keeps a register tile; only matmul_tiled uses workgroup memory.
 // - shaders/matmul_sg.wgsl / matmul_sg_scalar.wgsl, for CPU adapters (lavapipe), where a
 //   storage load costs per lane and element: a workgroup shares its rows, and a subgroup
 //   splits the loads of A among its lanes and passes them around with subgroupShuffle.
 // - shaders/matmul_vec4.wgsl / matmul_scalar.wgsl, for other adapters: 2D workgroups.
+// - shaders/matmul_tiled.wgsl: 128x128 (or smaller) blocks whose panels are staged in
+//   workgroup memory, the classic GPU form; the tuner picks it where it wins.
 // The vec4 forms (sg, vec4) need each operand's unit-stride axis to be a multiple of 4 long,
 // with 4-aligned offsets and other strides; the scalar forms take any layout and f16.
 // Kernel choice (`auto`): the autotuner's cached winner for the call's shape class
@@ -26,11 +28,13 @@ import { assertFloat, checkF16, collapseDims, enableFor, padTo } from './util.ts
 import { tunedKernel } from '../tune.ts';
 
 interface Variant {
-  shader: 'matmul_sg' | 'matmul_sg_scalar' | 'matmul_vec4' | 'matmul_scalar';
+  shader: 'matmul_sg' | 'matmul_sg_scalar' | 'matmul_vec4' | 'matmul_scalar' | 'matmul_tiled';
   TM: number;
   TN: number;
   WGX: number;
   WGY: number;
+  /** K step of the panels staged in workgroup memory (matmul_tiled only). */
+  BK?: number;
 }
 
 /**
@@ -41,7 +45,9 @@ interface Variant {
  *   matmul_sg.wgsl); sgs-*: the same with scalar loads, for any layout and for f16;
  * vec4-*: vec4 layouts, 2D workgroups (vec4-4x8 is the default on other adapters; 8x8 has
  *   more reuse per invocation, -r64 puts 64 invocations along one row tile for skinny M);
- * scalar-4x4: any layout, any adapter.
+ * scalar-4x4: any layout, any adapter;
+ * tile-BMxBN-kBK: vec4 layouts, panels staged in workgroup memory (matmul_tiled.wgsl), for
+ *   GPUs with real shared memory.
  * The tuner may pick any variant that can run a layout, so every one is covered by
  * test/runtime/matmul.test.ts. Bump MATMUL_KERNEL_SET_VERSION when a variant changes.
  */
@@ -56,15 +62,19 @@ export const MATMUL_KERNELS = {
   'vec4-8x8': { shader: 'matmul_vec4', TM: 8, TN: 8, WGX: 8, WGY: 8 },
   'vec4-4x4-r64': { shader: 'matmul_vec4', TM: 4, TN: 4, WGX: 64, WGY: 1 },
   'scalar-4x4': { shader: 'matmul_scalar', TM: 4, TN: 4, WGX: 8, WGY: 8 },
+  'tile-128x128-k8': { shader: 'matmul_tiled', TM: 8, TN: 8, WGX: 16, WGY: 16, BK: 8 },
+  'tile-128x128-k16': { shader: 'matmul_tiled', TM: 8, TN: 8, WGX: 16, WGY: 16, BK: 16 },
+  'tile-128x64-k16': { shader: 'matmul_tiled', TM: 8, TN: 4, WGX: 16, WGY: 16, BK: 16 },
+  'tile-64x64-k16': { shader: 'matmul_tiled', TM: 4, TN: 4, WGX: 16, WGY: 16, BK: 16 },
 } as const satisfies Record<string, Variant>;
 
 /**
  * Version of the kernel set: part of the tuning cache's adapter key, so winners measured
  * with other kernels are not reused. Bump it whenever a variant or a matmul shader changes.
  */
-export const MATMUL_KERNEL_SET_VERSION = 2;
+export const MATMUL_KERNEL_SET_VERSION = 3;
 
-const isVec4 = (v: Variant) => v.shader === 'matmul_sg' || v.shader === 'matmul_vec4';
+const isVec4 = (v: Variant) => v.shader === 'matmul_sg' || v.shader === 'matmul_vec4' || v.shader === 'matmul_tiled';
 const needsSubgroups = (v: Variant) => v.shader === 'matmul_sg' || v.shader === 'matmul_sg_scalar';
 
 export type MatmulKernelName = keyof typeof MATMUL_KERNELS;
@@ -326,6 +336,7 @@ function matmulKernel(a0: Tensor, b0: Tensor, tA: boolean, tB: boolean, bias: Te
 
     const defines: Record<string, string | number> = { TM: v.TM, TN: v.TN, WGX: v.WGX, WGY: v.WGY };
     if (isVec4(v)) Object.assign(defines, { A_KMAJOR: String(p.aKMajor), B_KMAJOR: String(p.bKMajor) });
+    if (v.BK) defines.BK = v.BK;
     else Object.assign(defines, { T: a.dtype, ENABLE: enableFor(a.dtype) });
 
     const y = empty(p.outShape, a.dtype);

@@ -90,7 +90,7 @@ const stored = (rows: number, cols: number, t: boolean) => (t ? [cols, rows] : [
 // The subgroup kernels (sg-*, sgs-*) need subgroups of >= 8 lanes (lavapipe on AVX2 has them).
 const sgOk = T.getEngine().ctx.hasSubgroups && ((T.getEngine().ctx.adapter.info as unknown as { subgroupMinSize?: number }).subgroupMinSize ?? 0) >= 8;
 const allKernels = (Object.keys(T.MATMUL_KERNELS) as T.MatmulKernel[]).filter((k) => sgOk || !k.startsWith('sg'));
-const vec4Kernels = allKernels.filter((k) => k.startsWith('sg-') || k.startsWith('vec4'));
+const vec4Kernels = allKernels.filter((k) => k.startsWith('sg-') || k.startsWith('vec4') || k.startsWith('tile'));
 const generalKernels: T.MatmulKernel[] = ['auto', ...allKernels.filter((k) => !vec4Kernels.includes(k))];
 
 // ---------------------------------------------------------------- forward
@@ -122,6 +122,17 @@ describe('matmul forward', () => {
           }),
           { numRuns: 4 },
         );
+      }
+    }
+  });
+
+  it('runs the workgroup-memory kernels across several blocks and K panels', async () => {
+    // Blocks are up to 128 x 128 and panels 16 deep: these shapes need several of each,
+    // with partial blocks and a partial last panel, in every layout.
+    for (const kernel of vec4Kernels.filter((k) => k.startsWith('tile'))) {
+      for (const [tA, tB] of [[false, false], [false, true], [true, false], [true, true]]) {
+        const [M, N, K] = [tA ? 136 : 133, tB ? 131 : 196, !tA || tB ? 44 : 37];
+        await checkMatmul(stored(M, K, tA), stored(K, N, tB), { transposeA: tA, transposeB: tB, kernel }, M + N + K);
       }
     }
   });

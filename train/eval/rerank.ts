@@ -46,6 +46,8 @@ export interface RerankQueryResult {
   qid: string;
   task_id: number;
   answer: number | null;
+  /** The assistant's text (the reasoning trace; spliced content not included). */
+  text: string;
   /** The answer's did, when valid. */
   answerId: string | null;
   correct: boolean;
@@ -138,6 +140,7 @@ export async function evaluateRerank(o: RerankEvalOptions): Promise<RerankEvalRe
         qid: q.qid,
         task_id: q.task_id,
         answer: r.answer,
+        text: r.text,
         answerId,
         correct: answerId !== null && q.pos_cand_list.includes(answerId),
         inspections: r.inspections,
