@@ -71,6 +71,11 @@ export class Mllm {
     return [...this.params.values()];
   }
 
+  /** Frees the weights (the model is unusable afterwards). */
+  dispose(): void {
+    for (const t of this.params.values()) t.dispose();
+  }
+
   layout(parts: readonly Part[], marks?: Parameters<typeof layoutSequence>[3]): SequenceLayout {
     return layoutSequence(this.tokenizer, parts, this.config.vision.mergeSize, marks);
   }

@@ -24,6 +24,7 @@ import {
   indexSelect,
   keep,
   linear,
+  matmul,
   mul,
   randn,
   requireGrad,
@@ -50,10 +51,21 @@ export const DEFAULT_PROMPT: RetrieverPrompt = {
   suffix: `\nSummarize the above in one word:${SPECIAL.imEnd}\n${SPECIAL.imStart}assistant\n`,
 };
 
+/**
+ * How the sequence becomes one vector before the projection: `last` reads the final
+ * hidden state of the prompt's last token (E5-V, LamRA); `mean` averages the final hidden
+ * states over the content (the positions between the prompt's prefix and suffix, as E5
+ * averages over the input): every content token then reaches the embedding directly,
+ * which a small model trained from scratch learns to use much sooner than one position.
+ */
+export type Pooling = 'last' | 'mean';
+
 export interface RetrieverSettings {
   /** Embedding size after the projection. */
   embedDim: number;
   prompt: RetrieverPrompt;
+  /** Default 'last' (checkpoints without the field). */
+  pooling?: Pooling;
 }
 
 /** config.json of a retriever checkpoint: the backbone's config plus the retriever's own. */
@@ -75,6 +87,7 @@ export function l2Normalize(x: Tensor, eps = 1e-12): Tensor {
 export class Retriever implements Embedder {
   readonly embedDim: number;
   readonly prompt: RetrieverPrompt;
+  readonly pooling: Pooling;
   private readonly prefixIds: number[];
   private readonly suffixIds: number[];
 
@@ -90,28 +103,30 @@ export class Retriever implements Embedder {
       throw new RangeError(`retriever: projection has shape [${proj.shape}], expected [${this.embedDim}, ${D}] (embedDim, hidden)`);
     }
     this.prompt = settings.prompt ?? DEFAULT_PROMPT;
+    this.pooling = settings.pooling ?? 'last';
+    if (this.pooling !== 'last' && this.pooling !== 'mean') throw new RangeError(`retriever: pooling must be 'last' or 'mean', got '${String(this.pooling)}'`);
     this.prefixIds = mllm.tokenizer.encode(this.prompt.prefix);
     this.suffixIds = mllm.tokenizer.encode(this.prompt.suffix);
     if (!this.suffixIds.length) throw new RangeError('retriever: the prompt suffix must not be empty (its last token is read)');
   }
 
   /** A fresh projection on top of `mllm` (taken over: disposing the retriever disposes it). */
-  static fromMllm(mllm: Mllm, embedDim: number, seed: number, prompt: RetrieverPrompt = DEFAULT_PROMPT): Retriever {
+  static fromMllm(mllm: Mllm, embedDim: number, seed: number, prompt: RetrieverPrompt = DEFAULT_PROMPT, pooling: Pooling = 'last'): Retriever {
     if (!Number.isInteger(embedDim) || embedDim < 1) throw new RangeError(`retriever: embedDim must be a positive integer, got ${embedDim}`);
     const D = mllm.config.llm.hidden;
     const proj = keep(requireGrad(randn([embedDim, D], { seed: seed * 7919 + 101, std: 1 / Math.sqrt(D) })));
     proj.name = PROJ;
-    return new Retriever(mllm, proj, { embedDim, prompt });
+    return new Retriever(mllm, proj, { embedDim, prompt, pooling });
   }
 
   /** A freshly initialised backbone and projection. */
-  static create(config: MllmConfig, tokenizer: Tokenizer, embedDim: number, seed: number, prompt?: RetrieverPrompt): Retriever {
-    return Retriever.fromMllm(Mllm.create(config, tokenizer, seed), embedDim, seed, prompt);
+  static create(config: MllmConfig, tokenizer: Tokenizer, embedDim: number, seed: number, prompt?: RetrieverPrompt, pooling?: Pooling): Retriever {
+    return Retriever.fromMllm(Mllm.create(config, tokenizer, seed), embedDim, seed, prompt, pooling);
   }
 
   /** Starts from a base model checkpoint (its own copy of the weights) and a fresh projection. */
-  static async fromBase(dir: string, embedDim: number, seed: number, prompt?: RetrieverPrompt): Promise<Retriever> {
-    return Retriever.fromMllm(await Mllm.load(dir), embedDim, seed, prompt);
+  static async fromBase(dir: string, embedDim: number, seed: number, prompt?: RetrieverPrompt, pooling?: Pooling): Promise<Retriever> {
+    return Retriever.fromMllm(await Mllm.load(dir), embedDim, seed, prompt, pooling);
   }
 
   get tokenizer(): Tokenizer {
@@ -126,7 +141,7 @@ export class Retriever implements Embedder {
       llm: c.llm,
       vision: c.vision,
       imageSize: c.imageSize,
-      retriever: { embedDim: this.embedDim, prompt: this.prompt },
+      retriever: { embedDim: this.embedDim, prompt: this.prompt, pooling: this.pooling },
     };
   }
 
@@ -149,7 +164,7 @@ export class Retriever implements Embedder {
       throw new Error(`checkpoint ${dir}: config.json is not a retrv retriever config (needs llm, vision and retriever sections)`);
     }
     const tokenizer = loadTokenizer(join(dir, 'tokenizer.json'));
-    const { embedDim, prompt } = config.retriever;
+    const { embedDim, prompt, pooling } = config.retriever;
     const expected = { ...Mllm.parameterShapes(config), [PROJ]: [embedDim, config.llm.hidden] };
     const tensors = await loadCheckpointTensors(dir, expected);
     for (const [name, t] of tensors) {
@@ -165,7 +180,7 @@ export class Retriever implements Embedder {
       vision: config.vision,
       imageSize: config.imageSize,
     };
-    return new Retriever(new Mllm(mllmConfig, tensors, tokenizer), proj, { embedDim, prompt });
+    return new Retriever(new Mllm(mllmConfig, tensors, tokenizer), proj, { embedDim, prompt, pooling });
   }
 
   dispose(): void {
@@ -187,7 +202,7 @@ export class Retriever implements Embedder {
     return this.embedLayouts(inputs.map((x) => this.layout(x)));
   }
 
-  /** Final hidden state at each sequence's last position [B, D], before the projection. */
+  /** The pooled final hidden state of each sequence [B, D], before the projection (see Pooling). */
   lastHidden(layouts: readonly SequenceLayout[]): Tensor {
     const B = layouts.length;
     const T = Math.max(...layouts.map((l) => l.length));
@@ -250,8 +265,16 @@ export class Retriever implements Embedder {
       }
       x = indexSelect(concat(parts, 0), 0, fromArray(rowMap, [B * T], 'i32'));
     }
-    const h = this.mllm.llm.forwardEmbeds(reshape(x, [B, T, D]), fromArray(positions, [3, B, T], 'i32'));
-    return indexSelect(reshape(h, [B * T, D]), 0, fromArray(lastIdx, [B], 'i32'));
+    const h = reshape(this.mllm.llm.forwardEmbeds(reshape(x, [B, T, D]), fromArray(positions, [3, B, T], 'i32')), [B * T, D]);
+    if (this.pooling === 'last') return indexSelect(h, 0, fromArray(lastIdx, [B], 'i32'));
+    // Mean over each sequence's content span, as one matmul with an averaging matrix.
+    const w = new Float32Array(B * B * T);
+    layouts.forEach((l, b) => {
+      const from = this.prefixIds.length;
+      const to = Math.max(from + 1, l.length - this.suffixIds.length);
+      w.fill(1 / (to - from), b * B * T + b * T + from, b * B * T + b * T + to);
+    });
+    return matmul(fromArray(w, [B, B * T]), h);
   }
 
   /** Unit-norm embeddings [B, E] of laid-out sequences. */

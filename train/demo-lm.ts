@@ -2,7 +2,7 @@
 // CC0 1.0 legal code, embedded in train/data) on whatever WebGPU adapter is present,
 // with a progress line, a JSONL log, resumable checkpoints and a sample at the end.
 //
-//   npm run demo -- [--steps 1000] [--run runs/demo-lm] [--fresh] [--quiet]
+//   npm run demo-lm -- [--steps 1000] [--run runs/demo-lm] [--fresh] [--quiet]
 //
 // Later pipeline stages (the retrieval benchmark, Retrv-R1 training) replace this job.
 import { appendFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';

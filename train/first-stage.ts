@@ -8,19 +8,18 @@
 //
 // Every stage resumes from its checkpoint when interrupted, and is skipped when its
 // final output exists.
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { init, stats } from '../runtime/index.ts';
+import { init } from '../runtime/index.ts';
 import { Retriever } from '../model/retriever.ts';
 import { getPreset } from '../model/presets.ts';
 import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from './data/emoji-benchmark.ts';
-import { ImageStore, baselineCandidate, baselineQuery, candidateInput, queryInput } from './data/inputs.ts';
-import type { MbeirQuery } from './data/mbeir-types.ts';
-import { type RecallReport, computeRecall, formatRecallTable, randomRankings, trivialRankings, writeRecallJson } from './eval/recall.ts';
+import { ImageStore } from './data/inputs.ts';
+import { evaluateFirstStage } from './eval/first-stage-eval.ts';
+import { formatRecallTable } from './eval/recall.ts';
 import { pretrain } from './pretrain.ts';
-import { type Triple, arrayTripleSource, rankWithRetriever, trainRetriever } from './retriever.ts';
-import { Rng } from '../runtime/random.ts';
+import { arrayTripleSource, benchmarkTriples, trainRetriever } from './retriever.ts';
 
 const { values: a } = parseArgs({
   options: {
@@ -101,19 +100,7 @@ const retrieverDir = join(runDir, 'retriever');
 const retrieverFinal = join(retrieverDir, 'final');
 let retriever: Retriever;
 if (!existsSync(join(retrieverFinal, 'config.json'))) {
-  const rng = new Rng(seed + 7);
-  const triples: Triple[] = bench.queries.train.map((q) => {
-    const pos = byDid.get(q.pos_cand_list[rng.int(q.pos_cand_list.length)])!;
-    const negId = q.neg_cand_list.length ? q.neg_cand_list[rng.int(q.neg_cand_list.length)] : null;
-    const neg = negId ? byDid.get(negId) : undefined;
-    return {
-      query: queryInput(q, images),
-      positive: candidateInput(pos, images),
-      positiveId: pos.did,
-      negative: neg ? candidateInput(neg, images) : undefined,
-      negativeId: neg?.did,
-    };
-  });
+  const triples = benchmarkTriples(bench.queries.train, byDid, images, seed);
   const steps = num('retriever-steps', a['retriever-steps'], 1);
   const { retriever: r } = await trainRetriever(() => Retriever.fromBase(baseDir, 64, seed), arrayTripleSource(triples, seed), {
     steps,
@@ -124,7 +111,7 @@ if (!existsSync(join(retrieverFinal, 'config.json'))) {
     resume: true,
     logEvery: quiet ? 50 : 0,
     log: say,
-    onStep: (s) => progress(`retriever ${s.step + 1}/${steps}  loss ${s.loss.toFixed(3)}  in-batch acc ${s.accuracy.toFixed(2)}`),
+    onStep: (s) => progress(`retriever ${s.step}/${steps}  loss ${s.loss.toFixed(3)}  in-batch acc ${s.accuracy.toFixed(2)}`),
   });
   await r.save(retrieverFinal);
   retriever = r;
@@ -135,39 +122,17 @@ if (!existsSync(join(retrieverFinal, 'config.json'))) {
 }
 
 // 4. Evaluation on the test split, per task, each task ranking its own local pool.
-const perTask = num('eval-per-task', a['eval-per-task']);
-const tasks = [...new Set(bench.queries.test.map((q) => q.task_id))].sort((x, y) => x - y);
-const testQueries: MbeirQuery[] = [];
-for (const t of tasks) {
-  const qs = bench.queries.test.filter((q) => q.task_id === t);
-  testQueries.push(...(perTask ? qs.slice(0, perTask) : qs));
-}
-const rankings = { retriever: new Map<string, string[]>(), random: new Map<string, string[]>(), trivial: new Map<string, string[]>() };
-const t0 = performance.now();
-for (const t of tasks) {
-  const qs = testQueries.filter((q) => q.task_id === t);
-  const pool = (bench.taskPools.get(t) ?? bench.pool.map((c) => c.did)).map((d) => byDid.get(d)!);
-  const ranked = await rankWithRetriever(
-    retriever,
-    pool.map((c) => ({ id: c.did, input: () => candidateInput(c, images) })),
-    qs.map((q) => ({ qid: q.qid, input: queryInput(q, images) })),
-    10,
-    { batchSize: 64, onProgress: (done, total) => progress(`task ${t}: embedding the pool ${done}/${total}`) },
-  );
-  for (const [k, v] of ranked) rankings.retriever.set(k, v);
-  const bq = qs.map((q) => baselineQuery(q, images));
-  const bc = pool.map((c) => baselineCandidate(c, images));
-  for (const [k, v] of randomRankings(bq, bc, { k: 10, seed })) rankings.random.set(k, v);
-  for (const [k, v] of trivialRankings(bq, bc, { k: 10, seed })) rankings.trivial.set(k, v);
-}
-const reports: Record<string, RecallReport> = {
-  'first stage': computeRecall(testQueries, rankings.retriever),
-  'trivial match': computeRecall(testQueries, rankings.trivial),
-  random: computeRecall(testQueries, rankings.random),
-};
-say(formatRecallTable(reports, `test split, ${testQueries.length} queries`));
-const out = join(runDir, 'first-stage-recall.json');
-writeRecallJson(out, reports);
-writeFileSync(join(runDir, 'adapter.json'), JSON.stringify({ adapter: ctx.description, preset: preset.name, eval_seconds: (performance.now() - t0) / 1000, peak_gpu_bytes: stats().peakBytes }, null, 2));
-say(`recall JSON: ${out}`);
+const reports = await evaluateFirstStage({
+  bench,
+  retriever,
+  images,
+  perTask: num('eval-per-task', a['eval-per-task']),
+  seed,
+  outDir: runDir,
+  adapter: ctx.description,
+  preset: preset.name,
+  onProgress: (what, done, total) => progress(`${what} ${done}/${total}`),
+});
+say(formatRecallTable(reports, `test split, ${reports['first stage'].queries} queries`));
+say(`recall JSON: ${join(runDir, 'first-stage-recall.json')}`);
 retriever.dispose();

@@ -45,6 +45,8 @@ import { Rng } from '../runtime/random.ts';
 import { CorpusIndex, type EmbedPoolOptions, type PoolItem, retrieve } from '../model/corpus-index.ts';
 import { Retriever } from '../model/retriever.ts';
 import type { QueryInput } from '../model/sequence.ts';
+import { type ImageStore, candidateInput, queryInput } from './data/inputs.ts';
+import type { MbeirCandidate, MbeirQuery } from './data/mbeir-types.ts';
 
 /** One training example: a query, its positive, and optionally a hard negative. */
 export interface Triple {
@@ -315,4 +317,25 @@ export async function rankWithRetriever(
   } finally {
     index.dispose();
   }
+}
+
+/**
+ * Training triples from benchmark queries: each query with one of its positives (seeded
+ * draw) and, when it has hard negatives, one of them.
+ */
+export function benchmarkTriples(queries: readonly MbeirQuery[], byDid: ReadonlyMap<string, MbeirCandidate>, images: ImageStore, seed: number): Triple[] {
+  const rng = new Rng(seed + 7);
+  return queries.map((q) => {
+    const pos = byDid.get(q.pos_cand_list[rng.int(q.pos_cand_list.length)]);
+    if (!pos) throw new Error(`query ${q.qid}: positive ${q.pos_cand_list.join(', ')} is not in the pool`);
+    const negId = q.neg_cand_list.length ? q.neg_cand_list[rng.int(q.neg_cand_list.length)] : null;
+    const neg = negId ? byDid.get(negId) : undefined;
+    return {
+      query: queryInput(q, images),
+      positive: candidateInput(pos, images),
+      positiveId: pos.did,
+      negative: neg ? candidateInput(neg, images) : undefined,
+      negativeId: neg?.did,
+    };
+  });
 }

@@ -3,9 +3,11 @@
 // (shaders/attention_fwd.wgsl) and saves only the row logsumexp; the backward recomputes
 // the scores (FlashAttention-2 style): dQ per query row, dK/dV per key row summing over the
 // grouped query heads, so no [Tq, Tk] matrix is ever stored and no float atomics are needed.
-// Two kernel families (ATTENTION_KERNELS): `rows` (attention_fwd / _bwd_q / _bwd_kv.wgsl,
-// one row per invocation) for GPUs, and `sg` (the *_sg.wgsl kernels) for CPU adapters with
-// subgroups, where the lanes of a subgroup share every K / V (backward: Q / dO) load.
+// Three kernel families (ATTENTION_KERNELS): `tiled` (the *_tiled.wgsl kernels) for GPUs,
+// where a workgroup stages tiles of K / V (backward: also Q / dO) in workgroup memory for a
+// block of rows; `rows` (attention_fwd / _bwd_q / _bwd_kv.wgsl, one row per invocation),
+// and `sg` (the *_sg.wgsl kernels) for CPU adapters with subgroups, where the lanes of a
+// subgroup share every K / V (backward: Q / dO) load.
 import { assertDType } from '../dtype.ts';
 import { Params, getEngine } from '../engine.ts';
 import { Tensor, empty, shapeStr } from '../tensor.ts';
@@ -34,8 +36,12 @@ export interface AttentionOptions {
 /**
  * Kernel variants (measured: bench/attention-log.md); the backward of a call uses the family
  * of its forward.
+ * tiled: FlashAttention-2 style (attention_*_tiled.wgsl): a workgroup owns a block of
+ *   query (dK/dV: key) rows and walks K / V (Q / dO) tiles staged in workgroup memory,
+ *   C = 8 invocations per row; tile sizes by head size within 32 KiB (tiledConfig). The
+ *   default on hardware adapters.
  * rows: one query (backward: key) row per invocation, every lane loads its own K / V rows
- *   (attention_fwd / _bwd_q / _bwd_kv.wgsl); runs anywhere, the default on GPUs.
+ *   (attention_fwd / _bwd_q / _bwd_kv.wgsl); runs anywhere.
  * sg: the lanes of a subgroup share K / V (backward: Q / dO) loads via subgroupShuffle
  *   (attention_*_sg.wgsl), R rows per lane, by default the most (<= 4) that keep
  *   R * ceil(D / 4) <= 64 vec4 per lane forward, 32 backward (more spilled state was 2-8x
@@ -44,11 +50,12 @@ export interface AttentionOptions {
  *   subgroup-larger-than-block and one-row paths.
  */
 export const ATTENTION_KERNELS: Record<string, { shader: string; R?: number; KB?: number }> = {
+  tiled: { shader: 'attention_fwd_tiled' },
   rows: { shader: 'attention_fwd' },
   sg: { shader: 'attention_fwd_sg' },
   'sg-kb4': { shader: 'attention_fwd_sg', R: 1, KB: 4 },
 };
-export type AttentionKernelName = 'rows' | 'sg' | 'sg-kb4';
+export type AttentionKernelName = 'tiled' | 'rows' | 'sg' | 'sg-kb4';
 export type AttentionKernel = 'auto' | AttentionKernelName;
 
 /** The adapter's smallest subgroup size, 0 without subgroups. */
@@ -71,7 +78,43 @@ export function attentionKernelBlocker(name: AttentionKernelName): string | null
 /** The default forward kernel for this adapter (measured: bench/attention-log.md). */
 export function pickAttentionKernel(): AttentionKernelName {
   const ctx = getEngine().ctx;
-  return ctx.isSoftware && !attentionKernelBlocker('sg') ? 'sg' : 'rows';
+  if (!ctx.isSoftware) return 'tiled';
+  return attentionKernelBlocker('sg') ? 'rows' : 'sg';
+}
+
+/** Tile config of the tiled kernels: rows per block, keys (backward: rows) per tile, invocations per row. */
+interface TiledConfig {
+  BQ: number;
+  BK: number;
+  C: number;
+}
+
+// Largest tiles first; BQ and BK are multiples of C.
+const TILED_CONFIGS: TiledConfig[] = [
+  { BQ: 16, BK: 32, C: 8 },
+  { BQ: 16, BK: 16, C: 8 },
+  { BQ: 16, BK: 8, C: 8 },
+  { BQ: 8, BK: 8, C: 8 },
+  { BQ: 4, BK: 4, C: 4 },
+];
+
+/**
+ * The largest tiled config whose workgroup memory fits min(32 KiB, the adapter's limit) for
+ * rows of maxD elements of width w (1 or 4), or null. Staged rows hold maxD / w + 1 elements
+ * of w floats (one pad element against bank conflicts). Forward: Q block, K and V tiles,
+ * probabilities and per-row partial maxima; backward (the dQ and dK/dV kernels share a
+ * config): two row blocks and two tiles of rows, and two [BQ, BK] tiles.
+ */
+function tiledConfig(maxD: number, w: number, pass: 'fwd' | 'bwd'): TiledConfig | null {
+  const lim = getEngine().ctx.limits;
+  const bytes = Math.min(32768, lim.maxComputeWorkgroupStorageSize);
+  const row = 4 * w * (maxD / w + 1);
+  return (
+    TILED_CONFIGS.find(({ BQ, BK, C }) => {
+      const need = pass === 'fwd' ? row * (BQ + 2 * BK) + 4 * (BQ * BK + BQ * C) : row * 2 * (BQ + BK) + 8 * BQ * BK;
+      return need <= bytes && Math.max(BQ, BK) * C <= lim.maxComputeInvocationsPerWorkgroup;
+    }) ?? null
+  );
 }
 
 /** Tile config of an sg kernel: rows (or keys) per lane, lanes per workgroup, keys per block. */
@@ -251,11 +294,25 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   // Unused mask / padding slots get a read-only buffer the kernel never reads.
   const maskBuf = mask ? mask.buf : qc.buf;
   const padBuf = pad ? pad.buf : qc.buf;
-  const kname = opts.kernel && opts.kernel !== 'auto' ? opts.kernel : pickAttentionKernel();
+  const forced = opts.kernel && opts.kernel !== 'auto';
+  let kname = forced ? opts.kernel as AttentionKernelName : pickAttentionKernel();
   const blocked = attentionKernelBlocker(kname);
   if (blocked) throw new RangeError(`attention: ${blocked}`);
+  // The tiled kernels need workgroup memory for their tiles: `auto` falls back to `rows`
+  // on an adapter with too little for this head size.
+  const W = Number(def.W);
+  const tiledFwd = kname === 'tiled' ? tiledConfig(Number(def.MAX_D) * W, W, 'fwd') : null;
+  const tiledBwd = kname === 'tiled' ? tiledConfig(Number(def.MAX_D) * W, W, 'bwd') : null;
+  if (kname === 'tiled' && !(tiledFwd && tiledBwd)) {
+    const why = `attention kernel tiled: head size ${Math.max(D, Dv)} needs more workgroup memory than this adapter's ${getEngine().ctx.limits.maxComputeWorkgroupStorageSize} bytes`;
+    if (forced) throw new RangeError(why);
+    kname = 'rows';
+  }
   const kernel = ATTENTION_KERNELS[kname];
   const sg = kernel.shader === 'attention_fwd_sg';
+  const tiled = kernel.shader === 'attention_fwd_tiled';
+  /** Defines of a tiled kernel: the row variant plus the tile config. */
+  const tiledDefines = (c: TiledConfig) => ({ ...def, ...c, NA: Math.ceil(Number(def.MAX_D) / c.C) });
   // Key padding is read as u32 words by the sg kernels: a nonzero f32 flag has a nonzero
   // non-sign bit.
   const kpMask = pad && pad.dtype === 'f32' ? 0x7fffffff : 0xffffffff;
@@ -269,6 +326,16 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
       buffers: [qc.buf, kc.buf, vc.buf, maskBuf, padBuf, out.buf, lse.buf],
       workgroups: [Math.ceil((Tq * (Hq / Hkv)) / (WG * R)), B * Hkv],
       label: `${label} (${kname})`,
+    });
+  } else if (tiled) {
+    const c = tiledFwd!;
+    getEngine().dispatch({
+      shader: 'attention_fwd_tiled',
+      defines: tiledDefines(c),
+      params: attentionParams(rows, dims, flags, qOffset, scale, 0, qc, kc, vc, mask, pad),
+      buffers: [qc.buf, kc.buf, vc.buf, maskBuf, padBuf, out.buf, lse.buf],
+      workgroups: [Math.ceil(Tq / c.BQ), B * Hq],
+      label: `${label} (tiled)`,
     });
   } else {
     getEngine().dispatch({
@@ -289,9 +356,9 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
     (g, saved) => {
       const [qs, ksIn, vsIn, os, ls] = saved;
       // The rows kernels index k and v densely: copy strided (cache) views first. The sg
-      // kernels read them in place.
-      const ks = sg || ksIn.isContiguous() ? ksIn : contiguous(ksIn);
-      const vs = sg || vsIn.isContiguous() ? vsIn : contiguous(vsIn);
+      // and tiled kernels read them in place.
+      const ks = sg || tiled || ksIn.isContiguous() ? ksIn : contiguous(ksIn);
+      const vs = sg || tiled || vsIn.isContiguous() ? vsIn : contiguous(vsIn);
       const ms = mask ? saved[5] : undefined;
       const ps = pad ? saved[mask ? 6 : 5] : undefined;
       const gc = contiguous(g);
@@ -332,6 +399,26 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
           buffers: [qs.buf, ks.buf, vs.buf, mb, pb, gc.buf, ld.buf, dkv.buf],
           workgroups: [Math.ceil(Tk / (cb.WG * cb.R)), B * Hkv],
           label: `${label} backward (dk, dv, ${kname})`,
+        });
+      } else if (tiled) {
+        // dQ per block of BQ query rows over key tiles of BK; dK/dV per block of BK keys
+        // over query tiles of BQ (of every head of the group).
+        const c = tiledBwd!;
+        eng.dispatch({
+          shader: 'attention_bwd_q_tiled',
+          defines: tiledDefines(c),
+          params: attentionParams(rows, dims, flags, qOffset, scale, 0, qs, ks, vs, ms, ps),
+          buffers: [qs.buf, ks.buf, vs.buf, mb, pb, gc.buf, ld.buf, dq.buf],
+          workgroups: [Math.ceil(Tq / c.BQ), B * Hq],
+          label: `${label} backward (dq, tiled)`,
+        });
+        eng.dispatch({
+          shader: 'attention_bwd_kv_tiled',
+          defines: tiledDefines(c),
+          params: attentionParams(kRows, dims, flags, qOffset, scale, nK, qs, ks, vs, ms, ps),
+          buffers: [qs.buf, ks.buf, vs.buf, mb, pb, gc.buf, ld.buf, dkv.buf],
+          workgroups: [Math.ceil(Tk / c.BK), B * Hkv],
+          label: `${label} backward (dk, dv, tiled)`,
         });
       } else {
         eng.dispatch({

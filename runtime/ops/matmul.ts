@@ -13,6 +13,9 @@
 // - shaders/matmul_vec4.wgsl / matmul_scalar.wgsl, for other adapters: 2D workgroups.
 // - shaders/matmul_tiled.wgsl: 128x128 (or smaller) blocks whose panels are staged in
 //   workgroup memory, the classic GPU form; the tuner picks it where it wins.
+// - shaders/matmul_tiled_db.wgsl: the same with two panel buffers (one barrier per K step),
+//   warp-shaped invocation tiles and clamp-friendly workgroup arrays, up to 8x16 outputs
+//   per invocation (reasons in its header and bench/matmul-log.md).
 // The vec4 forms (sg, vec4) need each operand's unit-stride axis to be a multiple of 4 long,
 // with 4-aligned offsets and other strides; the scalar forms take any layout and f16.
 // Kernel choice (`auto`): the autotuner's cached winner for the call's shape class
@@ -28,13 +31,15 @@ import { assertFloat, checkF16, collapseDims, enableFor, padTo } from './util.ts
 import { tunedKernel } from '../tune.ts';
 
 interface Variant {
-  shader: 'matmul_sg' | 'matmul_sg_scalar' | 'matmul_vec4' | 'matmul_scalar' | 'matmul_tiled';
+  shader: 'matmul_sg' | 'matmul_sg_scalar' | 'matmul_vec4' | 'matmul_scalar' | 'matmul_tiled' | 'matmul_tiled_db';
   TM: number;
   TN: number;
   WGX: number;
   WGY: number;
-  /** K step of the panels staged in workgroup memory (matmul_tiled only). */
+  /** K step of the panels staged in workgroup memory (matmul_tiled, matmul_tiled_db). */
   BK?: number;
+  /** Invocations of one 32-wide warp along N (matmul_tiled_db only; 32 / LX along M). */
+  LX?: number;
 }
 
 /**
@@ -47,7 +52,9 @@ interface Variant {
  *   more reuse per invocation, -r64 puts 64 invocations along one row tile for skinny M);
  * scalar-4x4: any layout, any adapter;
  * tile-BMxBN-kBK: vec4 layouts, panels staged in workgroup memory (matmul_tiled.wgsl), for
- *   GPUs with real shared memory.
+ *   GPUs with real shared memory;
+ * tiledb-BMxBN-TMxTN-kBK: the same double-buffered, TM x TN outputs per invocation
+ *   (matmul_tiled_db.wgsl; 128 or 64 invocations where BM * BN / (TM * TN) says so).
  * The tuner may pick any variant that can run a layout, so every one is covered by
  * test/runtime/matmul.test.ts. Bump MATMUL_KERNEL_SET_VERSION when a variant changes.
  */
@@ -66,15 +73,23 @@ export const MATMUL_KERNELS = {
   'tile-128x128-k16': { shader: 'matmul_tiled', TM: 8, TN: 8, WGX: 16, WGY: 16, BK: 16 },
   'tile-128x64-k16': { shader: 'matmul_tiled', TM: 8, TN: 4, WGX: 16, WGY: 16, BK: 16 },
   'tile-64x64-k16': { shader: 'matmul_tiled', TM: 4, TN: 4, WGX: 16, WGY: 16, BK: 16 },
+  // Double-buffered (bench/matmul-log.md, kernel set v4, says why each is here).
+  'tiledb-128x128-8x8-k8': { shader: 'matmul_tiled_db', TM: 8, TN: 8, WGX: 16, WGY: 16, BK: 8, LX: 8 },
+  'tiledb-128x128-8x8-k16': { shader: 'matmul_tiled_db', TM: 8, TN: 8, WGX: 16, WGY: 16, BK: 16, LX: 8 },
+  'tiledb-128x128-8x16-k8': { shader: 'matmul_tiled_db', TM: 8, TN: 16, WGX: 8, WGY: 16, BK: 8, LX: 4 },
+  'tiledb-128x256-8x16-k8': { shader: 'matmul_tiled_db', TM: 8, TN: 16, WGX: 16, WGY: 16, BK: 8, LX: 4 },
+  'tiledb-128x64-8x8-k16': { shader: 'matmul_tiled_db', TM: 8, TN: 8, WGX: 8, WGY: 16, BK: 16, LX: 8 },
+  'tiledb-64x64-8x8-k16': { shader: 'matmul_tiled_db', TM: 8, TN: 8, WGX: 8, WGY: 8, BK: 16, LX: 8 },
+  'tiledb-64x64-4x4-k16': { shader: 'matmul_tiled_db', TM: 4, TN: 4, WGX: 16, WGY: 16, BK: 16, LX: 8 },
 } as const satisfies Record<string, Variant>;
 
 /**
  * Version of the kernel set: part of the tuning cache's adapter key, so winners measured
  * with other kernels are not reused. Bump it whenever a variant or a matmul shader changes.
  */
-export const MATMUL_KERNEL_SET_VERSION = 3;
+export const MATMUL_KERNEL_SET_VERSION = 4;
 
-const isVec4 = (v: Variant) => v.shader === 'matmul_sg' || v.shader === 'matmul_vec4' || v.shader === 'matmul_tiled';
+const isVec4 = (v: Variant) => v.shader === 'matmul_sg' || v.shader === 'matmul_vec4' || v.shader === 'matmul_tiled' || v.shader === 'matmul_tiled_db';
 const needsSubgroups = (v: Variant) => v.shader === 'matmul_sg' || v.shader === 'matmul_sg_scalar';
 
 export type MatmulKernelName = keyof typeof MATMUL_KERNELS;
@@ -276,12 +291,38 @@ export function matmulClassOf(a: Tensor, b: Tensor, opts: { transposeA?: boolean
   return p ? p.cls : null;
 }
 
+/**
+ * What a variant asks of the adapter: workgroup memory in bytes, invocations per workgroup
+ * and the workgroup's x and y sizes as its shader declares them.
+ */
+function variantNeeds(v: Variant): { bytes: number; invocations: number; x: number; y: number } {
+  const invocations = v.WGX * v.WGY;
+  const panels = (v.BK ?? 0) * (v.TM * v.WGY + v.TN * v.WGX) * 4;
+  if (v.shader === 'matmul_tiled') return { bytes: panels, invocations, x: v.WGX, y: v.WGY };
+  // One-dimensional workgroups, two panel buffers.
+  if (v.shader === 'matmul_tiled_db') return { bytes: 2 * panels, invocations, x: invocations, y: 1 };
+  return { bytes: 0, invocations, x: v.WGX, y: v.WGY };
+}
+
+/** Why the adapter's limits rule a variant out (refused here rather than at dispatch), or null. */
+function limitsBlocker(name: MatmulKernelName): string | null {
+  const need = variantNeeds(MATMUL_KERNELS[name]);
+  const lim = getEngine().ctx.limits;
+  if (need.bytes > lim.maxComputeWorkgroupStorageSize) {
+    return `kernel ${name} needs ${need.bytes} bytes of workgroup memory, the adapter allows ${lim.maxComputeWorkgroupStorageSize}`;
+  }
+  if (need.invocations > lim.maxComputeInvocationsPerWorkgroup || need.x > lim.maxComputeWorkgroupSizeX || need.y > lim.maxComputeWorkgroupSizeY) {
+    return `kernel ${name} needs workgroups of ${need.x}x${need.y} invocations, the adapter allows ${lim.maxComputeWorkgroupSizeX}x${lim.maxComputeWorkgroupSizeY} and ${lim.maxComputeInvocationsPerWorkgroup} in all`;
+  }
+  return null;
+}
+
 /** Why kernel `name` cannot run a layout (blocker: why vec4 loads cannot), or null when it can. */
 function kernelBlocker(name: MatmulKernelName, blocker: string | null): string | null {
   const v: Variant = MATMUL_KERNELS[name];
   if (isVec4(v) && blocker) return `kernel ${name} cannot run this layout: ${blocker}`;
   if (needsSubgroups(v) && !subgroupsUsable()) return `kernel ${name} needs subgroups of at least 8 invocations, which this adapter lacks`;
-  return null;
+  return limitsBlocker(name);
 }
 
 /** Which kernel a matmul call ran and why: the debug hook behind lastMatmulChoice(). */
@@ -337,6 +378,7 @@ function matmulKernel(a0: Tensor, b0: Tensor, tA: boolean, tB: boolean, bias: Te
     const defines: Record<string, string | number> = { TM: v.TM, TN: v.TN, WGX: v.WGX, WGY: v.WGY };
     if (isVec4(v)) Object.assign(defines, { A_KMAJOR: String(p.aKMajor), B_KMAJOR: String(p.bKMajor) });
     if (v.BK) defines.BK = v.BK;
+    if (v.LX) defines.LX = v.LX;
     else Object.assign(defines, { T: a.dtype, ENABLE: enableFor(a.dtype) });
 
     const y = empty(p.outShape, a.dtype);

@@ -91,6 +91,37 @@ describe('retriever embeddings', () => {
     r.dispose();
   });
 
+  it('mean pooling averages the content positions of the single-sequence path, batched or not, and survives a checkpoint', async () => {
+    const r = Retriever.create(config, tok, E, 3, DEFAULT_PROMPT, 'mean');
+    const inputs = [{ text: 'a red square' }, { image: picture(2), text: 'blue' }, { text: 'moon' }, { image: picture(1, 64) }];
+    const { a } = await embedRows(r, inputs);
+    const D = config.llm.hidden;
+    const pre = tok.encode(DEFAULT_PROMPT.prefix).length;
+    const suf = tok.encode(DEFAULT_PROMPT.suffix).length;
+    for (let i = 0; i < inputs.length; i++) {
+      const l = r.layout(inputs[i]);
+      const h = noGrad(() => tidy(() => reshape(r.mllm.llm.forwardEmbeds(reshape(r.mllm.embed(l), [1, l.length, D]), fromArray(l.positions, [3, 1, l.length], 'i32')), [l.length, D])));
+      const rows = (await h.toArray()) as Float32Array;
+      h.dispose();
+      // Host mean over the content span, then the projection and normalisation on the host.
+      const mean = new Float64Array(D);
+      for (let t = pre; t < l.length - suf; t++) for (let c = 0; c < D; c++) mean[c] += rows[t * D + c] / (l.length - suf - pre);
+      const w = (await r.proj.toArray()) as Float32Array;
+      const y = Array.from({ length: E }, (_, e) => mean.reduce((acc, m, c) => acc + m * w[e * D + c], 0));
+      const n = Math.hypot(...y);
+      expectClose(y.map((v) => v / n), a.subarray(i * E, (i + 1) * E), 2e-5, 1e-4, `mean-pooled input ${i}`);
+      const one = await embedRows(r, [inputs[i]]);
+      expectClose(one.a, a.subarray(i * E, (i + 1) * E), 2e-5, 1e-4, `mean-pooled input ${i} alone vs in the batch`);
+    }
+    await r.save(join(dir, 'mean'));
+    const back = await Retriever.load(join(dir, 'mean'));
+    expect(back.pooling).toBe('mean');
+    expectClose((await embedRows(back, inputs)).a, a, 1e-6, 1e-6, 'reloaded');
+    back.dispose();
+    r.dispose();
+    expect(() => Retriever.create(config, tok, E, 3, DEFAULT_PROMPT, 'max' as 'mean')).toThrow(/pooling must be 'last' or 'mean'/);
+  });
+
   it('saves and loads a checkpoint, and starts from a base model checkpoint', async () => {
     const r = Retriever.create(config, tok, E, 2);
     const inputs = [{ text: 'a blue triangle' }, { image: picture(3) }];

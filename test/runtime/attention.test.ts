@@ -210,9 +210,10 @@ const largeHeads = (kernel: T.AttentionKernelName): [number, number][] =>
   kernel === 'sg-kb4' ? [[20, 256]] : [[64, 40], [128, 128], [256, 64], [20, 256]];
 
 describe('attention kernel choice', () => {
-  it('runs the subgroup kernel by default on CPU adapters with subgroups, and names unknown kernels', () => {
+  it('runs the subgroup kernel by default on CPU adapters with subgroups, tiled on GPUs, and names unknown kernels', () => {
     const ctx = T.getEngine().ctx;
-    expect(T.pickAttentionKernel()).toBe(ctx.isSoftware && kernels.includes('sg') ? 'sg' : 'rows');
+    expect(T.pickAttentionKernel()).toBe(ctx.isSoftware ? (kernels.includes('sg') ? 'sg' : 'rows') : 'tiled');
+    expect(kernels).toContain('tiled');
     T.tidy(() => {
       const x = T.zeros([1, 1, 2, 4]);
       expect(() => T.attention(x, x, x, { kernel: 'nope' as T.AttentionKernel })).toThrow(/unknown kernel 'nope'.*rows/);
@@ -472,6 +473,47 @@ describe('attention backward', () => {
       for (const t of [k, v, qc]) t.grad?.dispose();
     });
   });
+
+  // Lengths spanning several query blocks and key tiles of the tiled kernels (16 / 32 rows),
+  // none a multiple of them: causal tile skipping in all three kernels, Tq != Tk.
+  for (const kernel of kernels) {
+    it(`values and gradients over lengths of several tiles, small heads (forward ${kernel})`, async () => {
+      const cases: [Dims, RefOpts][] = [
+        [{ B: 1, Hq: 2, Hkv: 1, Tq: 37, Tk: 70, D: 8, Dv: 8 }, { causal: true }],
+        [{ B: 1, Hq: 2, Hkv: 2, Tq: 45, Tk: 45, D: 16, Dv: 16 }, { causal: true, qOffset: 0 }],
+        [{ B: 2, Hq: 3, Hkv: 1, Tq: 19, Tk: 53, D: 6, Dv: 5 }, { causal: true, qOffset: 20 }],
+        [{ B: 1, Hq: 2, Hkv: 1, Tq: 33, Tk: 41, D: 32, Dv: 32 }, { pad: undefined, mask: undefined }],
+      ];
+      cases[3][1].pad = randomPad(cases[3][0], 107, 0.8);
+      cases[3][1].mask = randomMask(cases[3][0], 108);
+      for (const [d, o] of cases) {
+        const q = randArray(d.B * d.Hq * d.Tq * d.D, 101 + d.D, -1, 1);
+        const k = randArray(d.B * d.Hkv * d.Tk * d.D, 102 + d.D, -1, 1);
+        const v = randArray(d.B * d.Hkv * d.Tk * d.Dv, 103 + d.D);
+        const w = randArray(d.B * d.Hq * d.Tq * d.Dv, 104 + d.D);
+        const want = refAttentionGrad(q, k, v, w, d, o);
+        const tag = JSON.stringify(d);
+        await T.tidyAsync(async () => {
+          const [tq, tk, tv] = [[q, d.D, d.Hq, d.Tq], [k, d.D, d.Hkv, d.Tk], [v, d.Dv, d.Hkv, d.Tk]].map(([x, n, h, t]) =>
+            T.requireGrad(T.fromArray(f32(x as Float64Array), [d.B, h as number, t as number, n as number])),
+          );
+          const y = T.attention(tq, tk, tv, {
+            causal: o.causal,
+            qOffset: o.qOffset,
+            keyPadding: o.pad ? T.fromArray(Array.from(o.pad), [d.B, d.Tk], 'f32') : undefined,
+            mask: o.mask ? T.fromArray(f32(o.mask.data), o.mask.shape) : undefined,
+            kernel,
+          });
+          expectClose(await y.toArray(), refAttention(q, k, v, d, o), 2e-5, 1e-4, `forward ${tag}`);
+          T.backward(T.sum(T.mul(y, T.fromArray(f32(w), y.shape))));
+          expectClose(await tq.grad!.toArray(), want.dq, 1e-5, 1e-4, `dq ${tag}`);
+          expectClose(await tk.grad!.toArray(), want.dk, 1e-5, 1e-4, `dk ${tag}`);
+          expectClose(await tv.grad!.toArray(), want.dv, 1e-5, 1e-4, `dv ${tag}`);
+          for (const t of [tq, tk, tv]) t.grad?.dispose();
+        });
+      }
+    });
+  }
 
   for (const kernel of kernels) {
     it(`gradients for large head sizes against a float64 backward (forward ${kernel})`, async () => {

@@ -127,13 +127,19 @@ describe('matmul forward', () => {
   });
 
   it('runs the workgroup-memory kernels across several blocks and K panels', async () => {
-    // Blocks are up to 128 x 128 and panels 16 deep: these shapes need several of each,
-    // with partial blocks and a partial last panel, in every layout.
+    // Each kernel's own block (BM x BN, up to 128 x 256) and panel depth (8 or 16): M and N
+    // span two full blocks and a partial third, K several panels and a partial last one, in
+    // every layout; then two batches through different blocks of one dispatch. The panel
+    // counts (K 44, 37, 20 over BK 8 or 16: 6, 5, 3 or 3, 3, 2) are odd and even for each
+    // BK, so the double-buffered kernels finish on either buffer.
     for (const kernel of vec4Kernels.filter((k) => k.startsWith('tile'))) {
+      const v = T.MATMUL_KERNELS[kernel as keyof typeof T.MATMUL_KERNELS];
+      const [BM, BN] = [v.TM * v.WGY, v.TN * v.WGX];
       for (const [tA, tB] of [[false, false], [false, true], [true, false], [true, true]]) {
-        const [M, N, K] = [tA ? 136 : 133, tB ? 131 : 196, !tA || tB ? 44 : 37];
+        const [M, N, K] = [2 * BM + (tA ? 8 : 5), 2 * BN + (tB ? 3 : 12), !tA || tB ? 44 : 37];
         await checkMatmul(stored(M, K, tA), stored(K, N, tB), { transposeA: tA, transposeB: tB, kernel }, M + N + K);
       }
+      await checkMatmul([2, BM + 4, 20], [2, 20, BN + 8], { kernel }, BM + BN);
     }
   });
 
@@ -308,18 +314,20 @@ describe('linear', () => {
   });
 
   it('fuses the bias in every kernel variant', async () => {
-    // in = 8 keeps every variant able to read x and weight (K-major, multiple of 4).
-    const [rows, inF, out] = [37, 8, 12];
-    const x = data(rows * inF, 1), w = data(out * inF, 2), b = data(out, 3);
-    const ref = refLinear(x, [rows, inF], w, out, inF, b);
-    await T.tidyAsync(async () => {
-      const xt = T.fromArray(Float32Array.from(x), [rows, inF]), wt = T.fromArray(Float32Array.from(w), [out, inF]);
-      // A strided bias (every other element of a longer vector) checks the bias stride too.
-      const bt = T.fromArray(Float32Array.from({ length: 2 * out }, (_, i) => (i % 2 ? 0 : b[i / 2]))).view([out], [2], 0);
-      for (const kernel of allKernels) {
-        expectClose(await T.linear(xt, wt, bt, { kernel }).toArray(), ref, atolFor(inF), 1e-5, `linear bias (${kernel})`);
-      }
-    });
+    // in = 8 keeps every variant able to read x and weight (K-major, multiple of 4); out
+    // 12 and 13 (weight is K-major, so any out runs on the vec4 kernels too).
+    for (const [rows, inF, out] of [[37, 8, 12], [37, 8, 13]]) {
+      const x = data(rows * inF, 1), w = data(out * inF, 2), b = data(out, 3);
+      const ref = refLinear(x, [rows, inF], w, out, inF, b);
+      await T.tidyAsync(async () => {
+        const xt = T.fromArray(Float32Array.from(x), [rows, inF]), wt = T.fromArray(Float32Array.from(w), [out, inF]);
+        // A strided bias (every other element of a longer vector) checks the bias stride too.
+        const bt = T.fromArray(Float32Array.from({ length: 2 * out }, (_, i) => (i % 2 ? 0 : b[i / 2]))).view([out], [2], 0);
+        for (const kernel of allKernels) {
+          expectClose(await T.linear(xt, wt, bt, { kernel }).toArray(), ref, atolFor(inF), 1e-5, `linear bias (${kernel}, out ${out})`);
+        }
+      });
+    }
   });
 
   const gradCases: [number[], number, boolean][] = [
@@ -367,6 +375,40 @@ describe('matmul dtypes and errors', () => {
       const refL = refMatmul(a, [M, K], b, [N, K], false, true).out.map((v, i) => v + (i % N) + 1);
       expectClose(await w.toArray(), refL, atolFor(K), 2 ** -11, 'f16 linear');
     });
+  });
+
+  it("refuses a variant that exceeds the adapter's workgroup limits, and leaves it out of the tuner's candidates", async () => {
+    // Smaller limits than lavapipe's, seen through a proxy for the duration of the test:
+    // 16 KiB of workgroup memory and 128 invocations per workgroup.
+    const ctx = T.getEngine().ctx;
+    const real = ctx.limits;
+    const over: Record<string, number> = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 128, maxComputeWorkgroupSizeX: 128 };
+    ctx.limits = new Proxy(real, { get: (t, k) => (typeof k === 'string' && k in over ? over[k] : Reflect.get(t, k)) });
+    try {
+      const need = (name: keyof typeof T.MATMUL_KERNELS) => {
+        const v = T.MATMUL_KERNELS[name];
+        const dbl = v.shader === 'matmul_tiled_db' ? 2 : 1;
+        return { bytes: dbl * 4 * ('BK' in v ? v.BK : 0) * (v.TM * v.WGY + v.TN * v.WGX), inv: v.WGX * v.WGY };
+      };
+      const cls = T.matmulClassOf(T.fromArray(new Float32Array(64), [8, 8]), T.fromArray(new Float32Array(64), [8, 8]))!;
+      const cands = T.matmulCandidates(cls);
+      const a = T.fromArray(new Float32Array(64), [8, 8]);
+      for (const name of Object.keys(T.MATMUL_KERNELS) as (keyof typeof T.MATMUL_KERNELS)[]) {
+        if (!name.startsWith('tile')) continue;
+        const { bytes, inv } = need(name);
+        if (bytes > 16384) expect(() => T.matmul(a, a, { kernel: name })).toThrow(new RegExp(`${name} needs ${bytes} bytes of workgroup memory, the adapter allows 16384`));
+        else if (inv > 128) expect(() => T.matmul(a, a, { kernel: name })).toThrow(/needs workgroups of .* the adapter allows/);
+        else expect((await T.matmul(a, a, { kernel: name }).toArray()).length).toBe(64);
+        expect(cands.includes(name)).toBe(bytes <= 16384 && inv <= 128);
+      }
+      // Some variants of each kind: refused for memory, for invocations, and run.
+      expect(need('tiledb-128x128-8x8-k16').bytes).toBeGreaterThan(16384);
+      expect(need('tiledb-64x64-4x4-k16')).toEqual({ bytes: 16384, inv: 256 });
+      expect(need('tiledb-128x128-8x16-k8')).toEqual({ bytes: 16384, inv: 128 });
+      a.dispose();
+    } finally {
+      ctx.limits = real;
+    }
   });
 
   it('names both shapes, the op and the dtype in errors', () => {

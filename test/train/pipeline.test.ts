@@ -1,0 +1,103 @@
+// The whole pipeline end to end at a micro size (every stage, a few steps each) on a small
+// build of the emoji benchmark; a second run skips every finished stage. Plus config
+// loading and the command line's error paths.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildEmojiBenchmark, writeEmojiBenchmark } from '../../train/data/emoji-benchmark.ts';
+import { PIPELINE_CONFIGS, type PipelineConfig, loadPipelineConfig, runPipeline, stageDirs } from '../../train/pipeline.ts';
+
+let dir: string;
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'retrv-pipeline-'));
+  await writeEmojiBenchmark(join(dir, 'data'), buildEmojiBenchmark({ seed: 1, maxPerTask: 12 }));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('pipeline config', () => {
+  it('loads the named configs and a file that overrides one', () => {
+    expect(loadPipelineConfig('tiny')).toEqual(PIPELINE_CONFIGS.tiny);
+    const f = join(dir, 'cfg.json');
+    writeFileSync(f, JSON.stringify({ base: 'small', sft: { steps: 7 } }));
+    const c = loadPipelineConfig(f);
+    expect(c.preset).toBe('small');
+    expect(c.sft.steps).toBe(7);
+    expect(c.sft.batch).toBe(PIPELINE_CONFIGS.small.sft.batch);
+  });
+
+  it('names the bad setting', () => {
+    const f = join(dir, 'bad.json');
+    writeFileSync(f, JSON.stringify({ sft: { stpes: 7 } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/sft: unknown setting 'stpes'/);
+    writeFileSync(f, JSON.stringify({ grpo: { steps: '3' } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/grpo.steps: expected a number/);
+    writeFileSync(f, '{ not json');
+    expect(() => loadPipelineConfig(f)).toThrow(/invalid JSON/);
+    expect(() => loadPipelineConfig('nope')).toThrow(/neither a config name/);
+  });
+});
+
+describe('pipeline end to end', () => {
+  it('runs every stage, then skips them all on a second run', async () => {
+    const config: PipelineConfig = {
+      ...PIPELINE_CONFIGS.tiny,
+      data: join(dir, 'data'),
+      pretrain: { steps: 3, batch: 4, lr: 3e-3 },
+      retriever: { steps: 2, batch: 4, lr: 1e-3 },
+      firstStage: { perTask: 2 },
+      align: { steps: 2, batch: 2, lr: 1e-3 },
+      sft: { steps: 2, batch: 2, lr: 1e-3 },
+      grpo: { steps: 1, batch: 1, group: 2, lr: 1e-5, maxNewTokens: 12, fixedLambda: 0.5 },
+      eval: { K: 4, limit: 2, maxNewTokens: 12 },
+      ablations: false,
+    };
+    const runDir = join(dir, 'run');
+    const lines: string[] = [];
+    await runPipeline({ config, runDir, quiet: true, log: (l) => lines.push(l) });
+    const s = stageDirs(runDir);
+    for (const d of [s.pretrain, s.retriever, s.align, s.sft, s.grpo]) expect(existsSync(join(d, 'final', 'config.json')), d).toBe(true);
+    expect(existsSync(join(s.firstStage, 'first-stage-recall.json'))).toBe(true);
+    const table = JSON.parse(readFileSync(join(s.table, 'table.json'), 'utf8')) as { rows: { name: string; queries: number }[] };
+    expect(table.rows.map((r) => r.name)).toEqual(['First stage alone', 'zero-shot reranking', 'SFT', 'SFT + GRPO (full)']);
+    for (const r of table.rows) expect(r.queries).toBe(2);
+    const html = readFileSync(s.report, 'utf8');
+    expect(html).toContain('Reranking, test split');
+    expect(html).toContain('First stage, test split');
+
+    const again: string[] = [];
+    const t0 = performance.now();
+    await runPipeline({ config, runDir, quiet: true, log: (l) => again.push(l) });
+    for (const stage of ['pretrain', 'retriever', 'first-stage', 'align', 'sft', 'grpo']) expect(again.some((l) => l.startsWith(`${stage}: done`)), stage).toBe(true);
+    expect(again.filter((l) => / reusing /.test(l)).length).toBeGreaterThanOrEqual(4);
+    expect(performance.now() - t0).toBeLessThan(60_000);
+  }, 600_000);
+});
+
+describe('retrv command line', () => {
+  const retrv = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'bin/retrv.ts', ...args], { encoding: 'utf8', env: { ...process.env, CI: '1' } });
+
+  it('reports bad input in one line with a hint and a non-zero exit', () => {
+    const r = retrv('eval', '--queries', 'nope.jsonl', '--pool', 'p', '--image-root', '.', '--ckpt', '.', '--out', 'x.json');
+    expect(r.status).toBe(2);
+    expect(r.stderr.trim().split('\n')[0]).toBe('retrv: --queries nope.jsonl: no such file or folder');
+    const c = retrv('search', 'a thumb', '--ckpt', dir);
+    expect(c.status).toBe(2);
+    expect(c.stderr).toMatch(/--ckpt .*: no config.json there\nhint: /);
+    const t = retrv('train', '--stage', 'sft', '--config', 'nope');
+    expect(t.status).toBe(1);
+    expect(t.stderr).toMatch(/^retrv: config 'nope': neither a config name/);
+    const s = retrv('train', '--stage', 'bogus');
+    expect(s.status).not.toBe(0);
+    expect(s.stderr).toMatch(/argument 'bogus' is invalid/);
+  }, 60_000);
+
+  it('has help on every command', () => {
+    for (const cmd of ['demo', 'train', 'eval', 'search']) {
+      const r = retrv(cmd, '--help');
+      expect(r.status, cmd).toBe(0);
+      expect(r.stdout).toMatch(/Usage: retrv/);
+    }
+  }, 60_000);
+});

@@ -1,0 +1,429 @@
+// The whole Retrv-R1 pipeline as resumable stages under one run folder:
+//
+//   data        build the emoji benchmark (M-BEIR JSONL) unless it exists
+//   pretrain    base pre-training of the MLLM                      -> <run>/pretrain/final
+//   retriever   first-stage embedding retriever (InfoNCE)          -> <run>/retriever/final
+//   first-stage Recall@1/5/10 per task on the test split with baselines -> <run>/first-stage/
+//   align       ICM self-alignment (model frozen)                  -> <run>/align/final
+//   sft         activation: traces with inspection, ICM + model    -> <run>/sft/final
+//   grpo        GRPO with the curriculum reward                    -> <run>/grpo/final
+//   ablations   (optional) SFT and GRPO without the ICM, without inspection, GRPO with a
+//               fixed lambda, each in its own folder
+//   table       reranking on test queries: every row of the paper's table -> <run>/table/
+//   report      a self-contained HTML report                       -> <run>/report.html
+//
+// A stage whose final output exists is skipped; an interrupted stage resumes from its
+// checkpoint (each stage's own mechanism). Settings come from a named config (tiny: the
+// demo, minutes on a 2-core software adapter; small: about an hour) or a JSON file that
+// overrides one. Candidate lists for SFT and GRPO are drawn from the positive, its hard
+// negatives and random train-pool items (train/data/cot.ts), not from first-stage
+// rankings of training queries: the first stage is evaluated on test queries only.
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { init } from '../runtime/index.ts';
+import { Retriever } from '../model/retriever.ts';
+import { getPreset } from '../model/presets.ts';
+import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from './data/emoji-benchmark.ts';
+import { ImageStore } from './data/inputs.ts';
+import { evaluateFirstStage } from './eval/first-stage-eval.ts';
+import { formatRecallTable } from './eval/recall.ts';
+import { type TableRowSpec, type TableSpec, formatTerminalTable, runAblationTable } from './eval/table.ts';
+import { pretrain } from './pretrain.ts';
+import { arrayTripleSource, benchmarkTriples, trainRetriever } from './retriever.ts';
+import { alignIcm } from './align.ts';
+import { runSftStage } from './sft-stage.ts';
+import { grpoTrain, loadGrpoData, loadGrpoModels } from './grpo.ts';
+import { type Figures, startProgress } from './progress.ts';
+import { writePipelineReport } from './pipeline-report.ts';
+
+export interface PipelineConfig {
+  /** Model preset (model/presets.ts). */
+  preset: string;
+  /** The benchmark folder (built there when missing). */
+  data: string;
+  seed: number;
+  pretrain: { steps: number; batch: number; lr: number };
+  retriever: { steps: number; batch: number; lr: number };
+  /** Test queries per task for the first-stage recall table (0 = all). */
+  firstStage: { perTask: number };
+  align: { steps: number; batch: number; lr: number };
+  sft: { steps: number; batch: number; lr: number };
+  grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number };
+  /** Reranking evaluation: candidates per query, test queries (spread over the tasks). */
+  eval: { K: number; limit: number; maxNewTokens: number };
+  /** Train and evaluate the ablation rows too. */
+  ablations: boolean;
+}
+
+export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
+  tiny: {
+    preset: 'tiny',
+    data: 'data/emoji-mbeir',
+    seed: 1,
+    pretrain: { steps: 300, batch: 16, lr: 3e-3 },
+    retriever: { steps: 150, batch: 16, lr: 1e-3 },
+    firstStage: { perTask: 40 },
+    align: { steps: 60, batch: 4, lr: 1e-3 },
+    sft: { steps: 120, batch: 4, lr: 1e-3 },
+    grpo: { steps: 8, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 160, fixedLambda: 0.5 },
+    eval: { K: 16, limit: 20, maxNewTokens: 160 },
+    ablations: false,
+  },
+  small: {
+    preset: 'small',
+    data: 'data/emoji-mbeir',
+    seed: 1,
+    pretrain: { steps: 600, batch: 16, lr: 2e-3 },
+    retriever: { steps: 400, batch: 32, lr: 5e-4 },
+    firstStage: { perTask: 0 },
+    align: { steps: 150, batch: 8, lr: 1e-3 },
+    sft: { steps: 300, batch: 8, lr: 5e-4 },
+    grpo: { steps: 30, batch: 4, group: 4, lr: 2e-5, maxNewTokens: 256, fixedLambda: 0.5 },
+    eval: { K: 16, limit: 100, maxNewTokens: 256 },
+    ablations: true,
+  },
+};
+
+export const STAGES = ['data', 'pretrain', 'retriever', 'first-stage', 'align', 'sft', 'grpo', 'ablations', 'table', 'report'] as const;
+export type StageName = (typeof STAGES)[number];
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Deep-merges `over` into `base`, refusing keys the base does not have (typos). */
+function merge(base: Record<string, unknown>, over: Record<string, unknown>, where: string): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    if (!(k in base)) throw new Error(`${where}: unknown setting '${k}' (known: ${Object.keys(base).join(', ')})`);
+    if (isObject(base[k])) {
+      if (!isObject(v)) throw new Error(`${where}.${k}: expected an object`);
+      out[k] = merge(base[k] as Record<string, unknown>, v, `${where}.${k}`);
+    } else {
+      if (typeof v !== typeof base[k]) throw new Error(`${where}.${k}: expected a ${typeof base[k]}, got ${JSON.stringify(v)}`);
+      out[k] = v;
+    }
+  }
+  return out;
+}
+
+/**
+ * A config by name (tiny, small) or from a JSON file whose settings override a named
+ * config ({"base": "small", "sft": {"steps": 500}}; base defaults to the file's preset, else tiny).
+ */
+export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
+  if (PIPELINE_CONFIGS[nameOrFile]) return structuredClone(PIPELINE_CONFIGS[nameOrFile]);
+  if (!existsSync(nameOrFile)) throw new Error(`config '${nameOrFile}': neither a config name (${Object.keys(PIPELINE_CONFIGS).join(', ')}) nor a file`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(nameOrFile, 'utf8'));
+  } catch (e) {
+    throw new Error(`${nameOrFile}: invalid JSON (${(e as Error).message})`);
+  }
+  if (!isObject(raw)) throw new Error(`${nameOrFile}: expected a JSON object of settings`);
+  const { base: baseName, ...over } = raw;
+  const name = typeof baseName === 'string' ? baseName : typeof over.preset === 'string' && PIPELINE_CONFIGS[over.preset] ? over.preset : 'tiny';
+  const base = PIPELINE_CONFIGS[name];
+  if (!base) throw new Error(`${nameOrFile}: base '${name}' is not a config (${Object.keys(PIPELINE_CONFIGS).join(', ')})`);
+  const cfg = merge(base as unknown as Record<string, unknown>, over, nameOrFile) as unknown as PipelineConfig;
+  getPreset(cfg.preset);
+  return cfg;
+}
+
+export interface PipelineOptions {
+  config: PipelineConfig;
+  runDir: string;
+  /** Stages to run (default all, in order); a stage whose inputs are missing fails clearly. */
+  stages?: readonly StageName[];
+  /** No progress bars (also automatic when stdout is not a terminal or CI is set). */
+  quiet?: boolean;
+  /** The input checkpoint of the (single) stage run, instead of the run's earlier stage. */
+  ckpt?: string;
+  /** What to record as the command in the report. */
+  command?: string;
+  log?: (line: string) => void;
+}
+
+/** Where each stage keeps its output inside a pipeline run. */
+export function stageDirs(runDir: string) {
+  const d = (s: string) => join(runDir, s);
+  return {
+    pretrain: d('pretrain'),
+    retriever: d('retriever'),
+    firstStage: d('first-stage'),
+    align: d('align'),
+    sft: d('sft'),
+    grpo: d('grpo'),
+    sftNoIcm: d('sft-no-icm'),
+    sftNoInspect: d('sft-no-inspect'),
+    grpoNoIcm: d('grpo-no-icm'),
+    grpoNoInspect: d('grpo-no-inspect'),
+    grpoFixed: d('grpo-fixed-lambda'),
+    table: d('table'),
+    report: join(runDir, 'report.html'),
+  };
+}
+
+const hasModel = (dir: string) => existsSync(join(dir, 'final', 'config.json'));
+
+function need(dir: string, what: string, stage: string): string {
+  const f = join(dir, 'final');
+  if (!existsSync(join(f, 'config.json'))) throw new Error(`stage ${stage} needs ${what} in ${f}; run the earlier stages first (or the whole pipeline)`);
+  return f;
+}
+
+/** The rows of the reranking table: which checkpoint each row evaluates, and how. */
+export function tableRows(runDir: string, ablations: boolean): TableRowSpec[] {
+  const s = stageDirs(runDir);
+  const rows: TableRowSpec[] = [
+    { name: 'zero-shot reranking', ckpt: join(s.align, 'final'), zeroShot: true },
+    { name: 'SFT', ckpt: join(s.sft, 'final') },
+    { name: 'SFT + GRPO (full)', ckpt: join(s.grpo, 'final') },
+  ];
+  if (ablations) {
+    rows.push(
+      { name: 'SFT without ICM', ckpt: join(s.sftNoIcm, 'final'), noIcm: true },
+      { name: 'SFT without inspection', ckpt: join(s.sftNoInspect, 'final'), noInspect: true },
+      { name: 'full without ICM', ckpt: join(s.grpoNoIcm, 'final'), noIcm: true },
+      { name: 'full without inspection', ckpt: join(s.grpoNoInspect, 'final'), noInspect: true },
+      { name: 'full, fixed lambda', ckpt: join(s.grpoFixed, 'final') },
+    );
+  }
+  return rows;
+}
+
+export async function runPipeline(o: PipelineOptions): Promise<void> {
+  const c = o.config;
+  const log = o.log ?? console.log;
+  const quiet = o.quiet;
+  const want = new Set<StageName>(o.stages ?? STAGES);
+  const s = stageDirs(o.runDir);
+  if (o.ckpt && want.size !== 1) throw new Error('stage: a --ckpt override needs exactly one stage');
+  // The primary input of a stage: the override, else the earlier stage's final folder.
+  const input = (dir: string, what: string, stage: string) => o.ckpt ?? need(dir, what, stage);
+  const preset = getPreset(c.preset);
+  const ctx = await init();
+  mkdirSync(o.runDir, { recursive: true });
+  log(`adapter: ${ctx.description}`);
+  log(`run: ${o.runDir} (preset ${preset.name})`);
+  const started = performance.now();
+
+  const bar = (label: string, total: number) => startProgress({ label, total, quiet });
+  const figs = (f: Figures) => f;
+
+  // Data.
+  if (want.has('data') && !existsSync(join(c.data, 'meta.json'))) {
+    log(`data: building the emoji benchmark in ${c.data} ...`);
+    await writeEmojiBenchmark(c.data, buildEmojiBenchmark({ seed: c.seed }));
+  }
+  if (!existsSync(join(c.data, 'meta.json'))) throw new Error(`no benchmark in ${c.data}: run the data stage first (retrv train --stage data, or the demo)`);
+  const bench = await loadBenchmark(c.data);
+  const images = new ImageStore({ root: bench.imageRoot, patchSize: preset.vision.patchSize, mergeSize: preset.vision.mergeSize, size: preset.imageSize });
+  const byDid = new Map(bench.pool.map((x) => [x.did, x]));
+
+  // Pre-training.
+  if (want.has('pretrain') && !hasModel(s.pretrain)) {
+    const attributes = [...(await readSideTable<EmojiAttributes>(join(c.data, 'attributes.jsonl'), 'did')).values()];
+    const p = bar('pretrain', c.pretrain.steps);
+    try {
+      await pretrain({
+        dataDir: c.data,
+        imageRoot: bench.imageRoot,
+        attributes,
+        preset: preset.name,
+        runDir: s.pretrain,
+        ...c.pretrain,
+        seed: c.seed,
+        saveEvery: 50,
+        log: (l) => p.log(l),
+        onStep: (x) => p.update(x.step + 1, figs({ loss: x.loss, 'tok/s': (x.tokens * 1000) / x.ms })),
+      });
+    } catch (e) {
+      p.fail(e);
+      throw e;
+    }
+    p.stop();
+  } else if (want.has('pretrain')) log(`pretrain: done (${join(s.pretrain, 'final')})`);
+
+  // First-stage retriever.
+  if (want.has('retriever') && !hasModel(s.retriever)) {
+    const base = input(s.pretrain, 'the pre-trained base model', 'retriever');
+    const triples = benchmarkTriples(bench.queries.train, byDid, images, c.seed);
+    const p = bar('retriever', c.retriever.steps);
+    try {
+      const { retriever } = await trainRetriever(() => Retriever.fromBase(base, 64, c.seed), arrayTripleSource(triples, c.seed), {
+        steps: c.retriever.steps,
+        batchSize: c.retriever.batch,
+        lr: c.retriever.lr,
+        outDir: s.retriever,
+        checkpointEvery: 50,
+        resume: true,
+        logEvery: 0,
+        log: (l) => p.log(l),
+        onStep: (x) => p.update(x.step, figs({ loss: x.loss, 'in-batch acc': x.accuracy })), // step counts from 1 here
+      });
+      await retriever.save(join(s.retriever, 'final'));
+      retriever.dispose();
+    } catch (e) {
+      p.fail(e);
+      throw e;
+    }
+    p.stop();
+  } else if (want.has('retriever')) log(`retriever: done (${join(s.retriever, 'final')})`);
+
+  // First-stage recall with baselines.
+  if (want.has('first-stage') && !existsSync(join(s.firstStage, 'first-stage-recall.json'))) {
+    const dir = input(s.retriever, 'the trained retriever', 'first-stage');
+    mkdirSync(s.firstStage, { recursive: true });
+    const retriever = await Retriever.load(dir);
+    const p = bar('first stage', 1);
+    try {
+      const reports = await evaluateFirstStage({
+        bench,
+        retriever,
+        images,
+        perTask: c.firstStage.perTask,
+        seed: c.seed,
+        outDir: s.firstStage,
+        adapter: ctx.description,
+        preset: preset.name,
+        onProgress: (what, done, total) => p.update(0, { [what]: `${done}/${total}` }),
+      });
+      p.stop();
+      log(formatRecallTable(reports, `first stage, test split, ${reports['first stage'].queries} queries`));
+    } catch (e) {
+      p.fail(e);
+      throw e;
+    } finally {
+      retriever.dispose();
+    }
+  } else if (want.has('first-stage')) log(`first-stage: done (${s.firstStage})`);
+
+  // ICM self-alignment.
+  if (want.has('align') && !hasModel(s.align)) {
+    const base = input(s.pretrain, 'the pre-trained base model', 'align');
+    const p = bar('align', c.align.steps);
+    try {
+      const { model, icm } = await alignIcm({
+        base,
+        dataDir: c.data,
+        runDir: s.align,
+        ...c.align,
+        seed: c.seed,
+        saveEvery: 20,
+        log: (l) => p.log(l),
+        onStep: (x) => p.update(x.step + 1, figs({ kl: x.kl, tokens: `${x.fullTokens} -> ${x.compressedTokens}` })),
+      });
+      model.dispose();
+      icm.dispose();
+    } catch (e) {
+      p.fail(e);
+      throw e;
+    }
+    p.stop();
+  } else if (want.has('align')) log(`align: done (${join(s.align, 'final')})`);
+
+  // SFT (and its ablations).
+  const sft = async (label: string, dir: string, base: string, opts: { noIcm?: boolean; noInspect?: boolean }) => {
+    if (existsSync(join(dir, 'final', 'sft.json'))) return log(`${label}: done (${join(dir, 'final')})`);
+    const p = bar(label, c.sft.steps);
+    try {
+      await runSftStage({
+        base,
+        out: dir,
+        dataDir: c.data,
+        ...c.sft,
+        K: c.eval.K,
+        seed: c.seed,
+        ...opts,
+        log: (l) => p.log(l),
+        onStep: (x) => p.update(x.step + 1, figs({ loss: x.loss, 'tok/s': x.tokensPerSecond, N_ins: x.inspections / c.sft.batch })),
+      });
+    } catch (e) {
+      p.fail(e);
+      throw e;
+    }
+    p.stop();
+  };
+  // GRPO (and its ablations).
+  const grpo = async (label: string, dir: string, from: string, opts: { fixedLambda?: number; maxInspections?: number }) => {
+    if (hasModel(dir)) return log(`${label}: done (${join(dir, 'final')})`);
+    const models = await loadGrpoModels(from);
+    const data = await loadGrpoData(c.data, models.model);
+    const p = bar(label, c.grpo.steps);
+    try {
+      await grpoTrain({
+        ...models,
+        data,
+        runDir: dir,
+        steps: c.grpo.steps,
+        batch: c.grpo.batch,
+        group: c.grpo.group,
+        lr: c.grpo.lr,
+        maxNewTokens: c.grpo.maxNewTokens,
+        K: c.eval.K,
+        seed: c.seed,
+        saveEvery: 2,
+        ...opts,
+        log: (l) => p.log(l),
+        onStep: (x) => p.update(x.step + 1, figs({ reward: x.rewardMean, acc: x.accuracy, N_ins: x.inspections, kl: x.kl, lambda: x.lambda })),
+      });
+    } catch (e) {
+      p.fail(e);
+      throw e;
+    } finally {
+      models.model.dispose();
+      models.reference.dispose();
+      models.icm?.dispose();
+      models.referenceIcm?.dispose();
+    }
+    p.stop();
+  };
+  if (want.has('sft')) await sft('sft', s.sft, input(s.align, 'the aligned model and ICM', 'sft'), {});
+  if (want.has('grpo')) await grpo('grpo', s.grpo, input(s.sft, 'the SFT model', 'grpo'), {});
+  if (want.has('ablations') && c.ablations) {
+    await sft('sft without ICM', s.sftNoIcm, need(s.pretrain, 'the pre-trained base model', 'ablations'), { noIcm: true });
+    await sft('sft without inspection', s.sftNoInspect, need(s.align, 'the aligned model and ICM', 'ablations'), { noInspect: true });
+    await grpo('grpo without ICM', s.grpoNoIcm, need(s.sftNoIcm, 'the SFT model without ICM', 'ablations'), {});
+    await grpo('grpo without inspection', s.grpoNoInspect, need(s.sftNoInspect, 'the SFT model without inspection', 'ablations'), { maxInspections: 0 });
+    await grpo('grpo, fixed lambda', s.grpoFixed, need(s.sft, 'the SFT model', 'ablations'), { fixedLambda: c.grpo.fixedLambda });
+  }
+
+  // The reranking table.
+  if (want.has('table')) {
+    const spec: TableSpec = {
+      common: {
+        queries: join(c.data, 'queries_test.jsonl'),
+        pool: join(c.data, 'pool.jsonl'),
+        imageRoot: bench.imageRoot,
+        retriever: need(s.retriever, 'the trained retriever', 'table'),
+        K: c.eval.K,
+        limit: c.eval.limit,
+        maxNewTokens: c.eval.maxNewTokens,
+      },
+      rows: tableRows(o.runDir, c.ablations),
+    };
+    for (const r of spec.rows) if (!existsSync(join(r.ckpt, 'config.json'))) throw new Error(`table row '${r.name}' needs ${r.ckpt}; run its training stage first`);
+    const p = bar('table', spec.rows.length + 1);
+    let done = 0;
+    try {
+      const result = await runAblationTable(spec, s.table, {
+        log: (l) => p.log(l),
+        onProgress: (row, what, d, t) => p.update(done, { row, [what]: `${d}/${t}` }),
+      });
+      done = spec.rows.length + 1;
+      p.update(done);
+      p.stop();
+      log(formatTerminalTable(result.rows, `reranking, test split, ${c.eval.limit} queries, K = ${c.eval.K} (${ctx.description})`));
+    } catch (e) {
+      p.fail(e);
+      throw e;
+    }
+  }
+
+  if (want.has('report')) {
+    await writePipelineReport({ runDir: o.runDir, config: c, adapter: ctx.description, command: o.command, imageRoot: bench.imageRoot, byDid });
+    log(`report: ${resolve(s.report)}`);
+  }
+  log(`pipeline finished in ${((performance.now() - started) / 1000).toFixed(0)} s`);
+}
