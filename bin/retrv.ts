@@ -99,6 +99,8 @@ program
     const retriever = o.retriever ?? siblingRetriever(o.ckpt);
     const { evaluateCheckpoint } = await import('../train/eval/evaluate.ts');
     const { startProgress } = await import('../train/progress.ts');
+    const ctx = await getGpu();
+    console.log(`adapter: ${ctx.description}`);
     const p = startProgress({ label: 'eval', total: 1 });
     const r = await evaluateCheckpoint({
       queries: o.queries,

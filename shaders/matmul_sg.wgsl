@@ -18,6 +18,8 @@
 // Params (u32 words): as matmul_vec4.wgsl: 0 M, 1 N, 2 K, 3 batch rank, 4 A offset,
 //   5 B offset, 6 flags (bit0 add bias), 7 batch base, 8 A stride along m, 9 A stride along k,
 //   10 B stride along k, 11 B stride along n, 12 bias offset, 13 bias stride,
+//   14 K slice length, 15 batch count Z (split-K, as in matmul_vec4.wgsl: workgroup z +
+//   base = s * Z + b runs batch b over K slice s and stores to C[s * Z + b]),
 //   16..21 batch shape, 22..27 A batch strides, 28..33 B batch strides.
 // Workgroup: WGX x 1 invocations; invocation x computes rows m0 = wg.y * TM .. m0 + TM - 1
 // (TM = 8, 16 or 32, handled as chunks of 8 rows) and columns n0 = (wg.x * WGX + x) * TN .. n0 + TN - 1 (TN a multiple
@@ -109,7 +111,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   let m0 = wg.y * TM;
   let n0 = (wg.x * WGX + lid.x) * TN;
 
-  let batch = wg.z + pu(7u);
+  // Split-K slice and batch; the slice's K range [kBegin, kEnd).
+  let gz = wg.z + pu(7u);
+  let batch = gz % pu(15u);
+  let kBegin = (gz / pu(15u)) * pu(14u);
+  let kEnd = min(K, kBegin + pu(14u));
   var aOff = pu(4u);
   var bOff = pu(5u);
   var rem = batch;
@@ -156,8 +162,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   var av: array<vec4<f32>, AS>;
   // bf[q][g]: B[k + q, n0 + 4g..n0 + 4g + 3].
   var bf: Frag;
-  let K4 = K / 4u;
-  for (var kb = 0u; kb < K4; kb++) {
+  let kb1 = kBegin / 4u + (kEnd - kBegin) / 4u;
+  for (var kb = kBegin / 4u; kb < kb1; kb++) {
     for (var j = 0u; j < AS; j++) {
       if (A_KMAJOR) { av[j] = A[aBase[j] + kb]; } else { av[j] = A[aBase[j] + kb * 4u * sAk4]; }
     }
@@ -184,7 +190,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   }
   // Tail of K (only when A is M-major and B N-major): at most 3 steps, loaded per lane.
   if (!A_KMAJOR && !B_KMAJOR) {
-    for (var k = K4 * 4u; k < K; k++) {
+    for (var k = kb1 * 4u; k < kEnd; k++) {
       var b: array<vec4<f32>, TN4>;
       for (var g = 0u; g < TN4; g++) { b[g] = B[bBase[4u * g] + k * sBk4]; }
       tailChunk(&acc0, &b, k * sAk4, M, m0, 0u, aOff);
@@ -200,7 +206,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   if ((pu(6u) & 1u) != 0u) {
     for (var j = 0u; j < TN; j++) { bv[j] = BIAS[pu(12u) + cols[j] * pu(13u)]; }
   }
-  let cBase = batch * M * N;
+  let cBase = gz * M * N;
   storeChunk(&acc0, &bv, &cols, cBase, M, N, m0, 0u);
   if (AS > 1u) { storeChunk(&acc1, &bv, &cols, cBase, M, N, m0, 1u); }
   if (AS > 2u) {

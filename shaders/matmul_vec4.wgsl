@@ -14,8 +14,13 @@
 // Params (u32 words): 0 M, 1 N, 2 K, 3 batch rank, 4 A offset, 5 B offset, 6 flags
 //   (bit0 add bias), 7 batch base (added to workgroup z: large batches split dispatches),
 //   8 A stride along m, 9 A stride along k, 10 B stride along k, 11 B stride along n,
-//   12 bias offset, 13 bias stride, 14-15 unused, 16..21 batch shape,
-//   22..27 A batch strides, 28..33 B batch strides (0 on broadcast dims).
+//   12 bias offset, 13 bias stride, 14 K slice length (a multiple of 4; K when unsplit),
+//   15 batch count Z, 16..21 batch shape, 22..27 A batch strides, 28..33 B batch strides
+//   (0 on broadcast dims).
+// Split-K (runtime/ops/matmul.ts, splitk-* variants): workgroup z + base = g = s * Z + b
+// runs batch b over K slice s, k in [s * w14, min(K, (s + 1) * w14)), and stores to
+// C[g, m, n] (C is then the f32 partials [S, Z, M, N], bias off; matmul_splitk_reduce.wgsl
+// sums them). Unsplit calls pass w14 = K, so g = b and C is [Z, M, N].
 // Workgroup: WGX x WGY invocations; each computes a TM x TN block of C (TM, TN multiples
 // of 4) at rows m0 = (wg.y * WGY + lid.y) * TM, columns n0 = (wg.x * WGX + lid.x) * TN.
 // Rows/columns past the edge are clamped for loads and for stores (a clamped result equals
@@ -48,8 +53,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   let n0 = (wg.x * WGX + lid.x) * TN;
   // No early exit for lanes past the edge: they compute clamped duplicates (see the stores).
 
+  // Split-K slice and batch (see the header); the slice's K range.
+  let g = wg.z + pu(7u);
+  let batch = g % pu(15u);
+  let kBegin = (g / pu(15u)) * pu(14u);
+  let kEnd = min(K, kBegin + pu(14u));
   // Batch offsets: decompose the batch index over the (collapsed) batch shape.
-  let batch = wg.z + pu(7u);
   var aOff = pu(4u);
   var bOff = pu(5u);
   var rem = batch;
@@ -87,8 +96,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   // af[i]: A[m0 + i, k..k+3]; bf[q][g]: B[k + q, n0 + 4g..n0 + 4g + 3].
   var af: array<vec4<f32>, TM>;
   var bf: array<array<vec4<f32>, TN4>, 4>;
-  let K4 = K / 4u;
-  for (var kb = 0u; kb < K4; kb++) {
+  // Whole vec4 steps of the slice, then (layouts without a K-major operand) a scalar tail.
+  let kb1 = kBegin / 4u + (kEnd - kBegin) / 4u;
+  for (var kb = kBegin / 4u; kb < kb1; kb++) {
     let k = kb * 4u;
     if (A_KMAJOR) {
       for (var i = 0u; i < TM; i++) { af[i] = A[aBase[i] + kb]; }
@@ -131,7 +141,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   }
   // Tail of K (only when A is M-major and B is N-major: neither reads vec4s along K).
   if (!A_KMAJOR && !B_KMAJOR) {
-    for (var k = K4 * 4u; k < K; k++) {
+    for (var k = kb1 * 4u; k < kEnd; k++) {
       for (var g = 0u; g < TM4; g++) {
         let v = A[aBase[g] + k * sAk4];
         for (var h = 0u; h < TN4; h++) {
@@ -150,7 +160,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   // are identical. This keeps per-lane branches out of the store code (lavapipe compiles a
   // branchy scatter per element, which dominated compile time).
   let hasBias = (pu(6u) & 1u) != 0u;
-  let cBase = batch * M * N;
+  let cBase = g * M * N;
   for (var g = 0u; g < TN4; g++) {
     for (var c = 0u; c < 4u; c++) {
       var n: u32;

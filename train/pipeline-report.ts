@@ -59,8 +59,8 @@ export async function writePipelineReport(o: PipelineReportOptions): Promise<str
       title: 'First stage, test split: Recall@10 (%) per task',
       columns: ['task', 'queries', ...methods],
       rows: [
-        ...tasks.map((t, i) => [`${t.taskId}: ${t.task}`, t.queries, ...methods.map((m) => 100 * recall[m].tasks[i].recall['R@10'])]),
-        ['mean over tasks', recall[methods[0]].queries, ...methods.map((m) => 100 * recall[m].macro['R@10'])],
+        ...tasks.map((t, i) => [`${t.taskId}: ${t.task}`, String(t.queries), ...methods.map((m) => 100 * recall[m].tasks[i].recall['R@10'])]),
+        ['mean over tasks', String(recall[methods[0]].queries), ...methods.map((m) => 100 * recall[m].macro['R@10'])],
       ],
     });
   }
@@ -69,7 +69,7 @@ export async function writePipelineReport(o: PipelineReportOptions): Promise<str
     tables.push({
       title: `Reranking, test split (K = ${o.config.eval.K})`,
       columns: ['row', 'queries', ...TABLE_COLUMNS],
-      rows: table.rows.map((r) => [r.name, r.queries, ...rowCells(r)]),
+      rows: table.rows.map((r) => [r.name, String(r.queries), ...rowCells(r)]),
       note: 'R@k in percent over the evaluated queries; n/a where a row does no reranking.',
     });
   }

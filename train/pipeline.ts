@@ -21,7 +21,7 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { init } from '../runtime/index.ts';
-import { Retriever } from '../model/retriever.ts';
+import { type Pooling, Retriever } from '../model/retriever.ts';
 import { getPreset } from '../model/presets.ts';
 import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from './data/emoji-benchmark.ts';
 import { ImageStore } from './data/inputs.ts';
@@ -43,7 +43,7 @@ export interface PipelineConfig {
   data: string;
   seed: number;
   pretrain: { steps: number; batch: number; lr: number };
-  retriever: { steps: number; batch: number; lr: number };
+  retriever: { steps: number; batch: number; lr: number; pooling: Pooling };
   /** Test queries per task for the first-stage recall table (0 = all). */
   firstStage: { perTask: number };
   align: { steps: number; batch: number; lr: number };
@@ -61,7 +61,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 300, batch: 16, lr: 3e-3 },
-    retriever: { steps: 150, batch: 16, lr: 1e-3 },
+    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean' },
     firstStage: { perTask: 40 },
     align: { steps: 60, batch: 4, lr: 1e-3 },
     sft: { steps: 120, batch: 4, lr: 1e-3 },
@@ -74,7 +74,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 600, batch: 16, lr: 2e-3 },
-    retriever: { steps: 400, batch: 32, lr: 5e-4 },
+    retriever: { steps: 400, batch: 32, lr: 5e-4, pooling: 'mean' },
     firstStage: { perTask: 0 },
     align: { steps: 150, batch: 8, lr: 1e-3 },
     sft: { steps: 300, batch: 8, lr: 5e-4 },
@@ -251,7 +251,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
     const triples = benchmarkTriples(bench.queries.train, byDid, images, c.seed);
     const p = bar('retriever', c.retriever.steps);
     try {
-      const { retriever } = await trainRetriever(() => Retriever.fromBase(base, 64, c.seed), arrayTripleSource(triples, c.seed), {
+      const { retriever } = await trainRetriever(() => Retriever.fromBase(base, 64, c.seed, undefined, c.retriever.pooling), arrayTripleSource(triples, c.seed), {
         steps: c.retriever.steps,
         batchSize: c.retriever.batch,
         lr: c.retriever.lr,

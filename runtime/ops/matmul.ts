@@ -16,6 +16,9 @@
 // - shaders/matmul_tiled_db.wgsl: the same with two panel buffers (one barrier per K step),
 //   warp-shaped invocation tiles and clamp-friendly workgroup arrays, up to 8x16 outputs
 //   per invocation (reasons in its header and bench/matmul-log.md).
+// - split-K (splitk* variants) for skinny products (small M * N, long K): the sg or vec4
+//   kernel computes K slices into an f32 temporary, shaders/matmul_splitk_reduce.wgsl sums
+//   them (+ bias); the tuner is offered them only for such classes (splitKOffered).
 // The vec4 forms (sg, vec4) need each operand's unit-stride axis to be a multiple of 4 long,
 // with 4-aligned offsets and other strides; the scalar forms take any layout and f16.
 // Kernel choice (`auto`): the autotuner's cached winner for the call's shape class
@@ -27,7 +30,7 @@ import { Tensor, empty, shapeStr } from '../tensor.ts';
 import { noGrad, record } from '../autograd.ts';
 import { contiguous } from './copy.ts';
 import { sumTo } from './reduce.ts';
-import { assertFloat, checkF16, collapseDims, enableFor, padTo } from './util.ts';
+import { assertFloat, checkF16, collapseDims, enableFor, grid1d, padTo } from './util.ts';
 import { tunedKernel } from '../tune.ts';
 
 interface Variant {
@@ -40,6 +43,8 @@ interface Variant {
   BK?: number;
   /** Invocations of one 32-wide warp along N (matmul_tiled_db only; 32 / LX along M). */
   LX?: number;
+  /** Split-K: at most S slices of K, each run as its own batch entry into f32 partials, then summed (matmul_vec4 / matmul_sg only). */
+  S?: number;
 }
 
 /**
@@ -55,6 +60,11 @@ interface Variant {
  *   GPUs with real shared memory;
  * tiledb-BMxBN-TMxTN-kBK: the same double-buffered, TM x TN outputs per invocation
  *   (matmul_tiled_db.wgsl; 128 or 64 invocations where BM * BN / (TM * TN) says so).
+ * splitkS-vec4-TMxTN / splitkS-sg-TMxTN: split-K for skinny products (small M * N, long
+ *   K): K is cut into at most S slices of a multiple of 4, the vec4 / sg kernel computes
+ *   each slice's partial product into an f32 temporary [S, batch, M, N] (one dispatch, the
+ *   slice riding on workgroup z), and matmul_splitk_reduce.wgsl sums the slices in order
+ *   (+ bias) into C. Offered to the tuner only for splitKClass classes.
  * The tuner may pick any variant that can run a layout, so every one is covered by
  * test/runtime/matmul.test.ts. Bump MATMUL_KERNEL_SET_VERSION when a variant changes.
  */
@@ -81,13 +91,21 @@ export const MATMUL_KERNELS = {
   'tiledb-128x64-8x8-k16': { shader: 'matmul_tiled_db', TM: 8, TN: 8, WGX: 8, WGY: 16, BK: 16, LX: 8 },
   'tiledb-64x64-8x8-k16': { shader: 'matmul_tiled_db', TM: 8, TN: 8, WGX: 8, WGY: 8, BK: 16, LX: 8 },
   'tiledb-64x64-4x4-k16': { shader: 'matmul_tiled_db', TM: 4, TN: 4, WGX: 16, WGY: 16, BK: 16, LX: 8 },
+  // Split-K (kernel set v5): one pipeline per base kernel, S is a host-side choice.
+  'splitk4-vec4-4x4': { shader: 'matmul_vec4', TM: 4, TN: 4, WGX: 8, WGY: 8, S: 4 },
+  'splitk8-vec4-4x4': { shader: 'matmul_vec4', TM: 4, TN: 4, WGX: 8, WGY: 8, S: 8 },
+  'splitk16-vec4-4x4': { shader: 'matmul_vec4', TM: 4, TN: 4, WGX: 8, WGY: 8, S: 16 },
+  'splitk32-vec4-4x4': { shader: 'matmul_vec4', TM: 4, TN: 4, WGX: 8, WGY: 8, S: 32 },
+  'splitk2-sg-8x4': { shader: 'matmul_sg', TM: 8, TN: 4, WGX: 64, WGY: 1, S: 2 },
+  'splitk4-sg-8x4': { shader: 'matmul_sg', TM: 8, TN: 4, WGX: 64, WGY: 1, S: 4 },
+  'splitk4-sg-16x4': { shader: 'matmul_sg', TM: 16, TN: 4, WGX: 64, WGY: 1, S: 4 },
 } as const satisfies Record<string, Variant>;
 
 /**
  * Version of the kernel set: part of the tuning cache's adapter key, so winners measured
  * with other kernels are not reused. Bump it whenever a variant or a matmul shader changes.
  */
-export const MATMUL_KERNEL_SET_VERSION = 4;
+export const MATMUL_KERNEL_SET_VERSION = 5;
 
 const isVec4 = (v: Variant) => v.shader === 'matmul_sg' || v.shader === 'matmul_vec4' || v.shader === 'matmul_tiled' || v.shader === 'matmul_tiled_db';
 const needsSubgroups = (v: Variant) => v.shader === 'matmul_sg' || v.shader === 'matmul_sg_scalar';
@@ -386,26 +404,68 @@ function matmulKernel(a0: Tensor, b0: Tensor, tA: boolean, tB: boolean, bias: Te
     const maxZ = eng.ctx.limits.maxComputeWorkgroupsPerDimension;
     const groups: [number, number] = [Math.ceil(N / (v.TN * v.WGX)), Math.ceil(Mk / (v.TM * v.WGY))];
     const zTotal = p.cls.batch;
-    for (let base = 0; base < zTotal; base += maxZ) {
-      const prm = new Params()
-        .u32(Mk, N, K, p.zShape.length)
-        .u32(a.offset, b.offset, bias ? 1 : 0, base)
-        .u32(A.sRow, A.sCol, B.sRow, B.sCol)
-        .u32(bias?.offset ?? 0, bias && bias.shape[0] > 1 ? bias.strides[0] : 0, 0, 0)
-        .u32(...padTo(p.zShape), ...padTo(p.aBatch, 0), ...padTo(p.bBatch, 0));
-      eng.dispatch({
-        shader: v.shader,
-        defines,
-        params: prm,
-        buffers: [a.buf, b.buf, (bias ?? a).buf, y.buf],
-        workgroups: [groups[0], groups[1], Math.min(maxZ, zTotal - base)],
-        label: `${label} ${shapeStr(p.outShape)} (${name})`,
-      });
+    const [slices, kChunk] = splitK(K, v.S ?? 1);
+    const biasStride = bias && bias.shape[0] > 1 ? bias.strides[0] : 0;
+    // Split: the first pass writes per-slice partials (no bias) into a pooled temporary.
+    const part = slices > 1 ? empty([slices * zTotal * Mk * N], 'f32') : null;
+    try {
+      const dst = part ?? y;
+      const zAll = slices * zTotal;
+      for (let base = 0; base < zAll; base += maxZ) {
+        const prm = new Params()
+          .u32(Mk, N, K, p.zShape.length)
+          .u32(a.offset, b.offset, bias && !part ? 1 : 0, base)
+          .u32(A.sRow, A.sCol, B.sRow, B.sCol)
+          .u32(bias?.offset ?? 0, biasStride, kChunk, zTotal)
+          .u32(...padTo(p.zShape), ...padTo(p.aBatch, 0), ...padTo(p.bBatch, 0));
+        eng.dispatch({
+          shader: v.shader,
+          defines,
+          params: prm,
+          buffers: [a.buf, b.buf, (bias ?? a).buf, dst.buf],
+          workgroups: [groups[0], groups[1], Math.min(maxZ, zAll - base)],
+          label: `${label} ${shapeStr(p.outShape)} (${name}${part ? `, ${slices} K slices of ${kChunk}` : ''})`,
+        });
+      }
+      if (part) {
+        const n = zTotal * Mk * N;
+        eng.dispatch({
+          shader: 'matmul_splitk_reduce',
+          params: new Params().u32(n, slices, N, bias ? 1 : 0).u32(bias?.offset ?? 0, biasStride, 0, 0),
+          buffers: [part.buf, (bias ?? part).buf, y.buf],
+          workgroups: grid1d(n),
+          label: `${label} ${shapeStr(p.outShape)} (${name}: sum of ${slices} K slices)`,
+        });
+      }
+    } finally {
+      // Back to the pool once recorded: later users of the buffer are ordered after these passes.
+      part?.dispose();
     }
     return y;
   } finally {
     for (const t of p.temps) t.dispose();
   }
+}
+
+/**
+ * How a split-K variant of at most S slices cuts K: [slices, slice length]. Slices are a
+ * multiple of 4 long (the vec4 kernels read K in quads from the slice start); the last one
+ * may be shorter, and fewer than S are used when K is short. [1, K] means no split.
+ */
+export function splitK(K: number, S: number): [number, number] {
+  if (S <= 1 || K <= 4) return [1, K];
+  const chunk = 4 * Math.ceil(K / S / 4);
+  return [Math.ceil(K / chunk), chunk];
+}
+
+/**
+ * Whether the tuner offers split-K variants of S slices for a class: skinny products
+ * (M * N * batch <= 64K outputs) with a long K (>= 256, and >= 64 per slice), where the
+ * unsplit kernels have too few workgroups to fill the device and each invocation walks all
+ * of K. Elsewhere they still run correctly when forced, but only add a pass.
+ */
+export function splitKOffered(c: MatmulClass, S: number): boolean {
+  return c.vec4 && c.K >= 256 && c.K >= 64 * S && c.M * c.N * c.batch <= 65536;
 }
 
 /** True when the adapter has subgroups of at least 8 invocations (matmul_sg.wgsl). */
@@ -421,7 +481,10 @@ function subgroupsUsable(): boolean {
  */
 export function matmulCandidates(c: MatmulClass): MatmulKernelName[] {
   const blocker = c.vec4 ? null : 'not vec4-aligned';
-  const all = (Object.keys(MATMUL_KERNELS) as MatmulKernelName[]).filter((n) => !kernelBlocker(n, blocker));
+  const all = (Object.keys(MATMUL_KERNELS) as MatmulKernelName[]).filter((n) => {
+    const S = (MATMUL_KERNELS[n] as Variant).S;
+    return !kernelBlocker(n, blocker) && (!S || splitKOffered(c, S));
+  });
   const def = pickKernel(c.M, c.vec4);
   return [def, ...all.filter((n) => n !== def)];
 }

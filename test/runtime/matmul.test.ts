@@ -1,13 +1,15 @@
 // matmul and linear against a float64 CPU reference: random M, N, K in 1..70 (1, odd, not a
 // multiple of 4 or of any tile), transposes, broadcast batch dims, strided / offset / permuted
-// views read in place, every kernel variant forced, gradients by finite differences
-// (checkOp), f16 storage, errors.
+// views read in place, every kernel variant forced, split-K on skinny shapes (K slices not
+// a multiple of S or the tile, every layout, batch, bias, candidates), gradients by finite
+// differences (checkOp), f16 storage, errors.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import * as T from '../../runtime/index.ts';
 import { f16BitsToF32, f32ToF16Bits } from '../../runtime/dtype.ts';
 import { checkOp, expectClose, prod, randArray } from '../helpers.ts';
 import { contiguousStrides } from '../../runtime/tensor.ts';
+import { sizeClass } from '../../runtime/pool.ts';
 
 // ---------------------------------------------------------------- CPU reference
 
@@ -89,8 +91,11 @@ const stored = (rows: number, cols: number, t: boolean) => (t ? [cols, rows] : [
 // Every kernel variant, forced: the vec4 ones need aligned layouts, the others take any.
 // The subgroup kernels (sg-*, sgs-*) need subgroups of >= 8 lanes (lavapipe on AVX2 has them).
 const sgOk = T.getEngine().ctx.hasSubgroups && ((T.getEngine().ctx.adapter.info as unknown as { subgroupMinSize?: number }).subgroupMinSize ?? 0) >= 8;
-const allKernels = (Object.keys(T.MATMUL_KERNELS) as T.MatmulKernel[]).filter((k) => sgOk || !k.startsWith('sg'));
-const vec4Kernels = allKernels.filter((k) => k.startsWith('sg-') || k.startsWith('vec4') || k.startsWith('tile'));
+const shaderOf = (k: T.MatmulKernel) => (k === 'auto' ? '' : T.MATMUL_KERNELS[k].shader);
+const allKernels = (Object.keys(T.MATMUL_KERNELS) as T.MatmulKernel[]).filter((k) => sgOk || !shaderOf(k).startsWith('matmul_sg'));
+const vec4Kernels = allKernels.filter((k) => ['matmul_sg', 'matmul_vec4', 'matmul_tiled', 'matmul_tiled_db'].includes(shaderOf(k)));
+/** The split-K variants (a vec4 or sg kernel over K slices, then matmul_splitk_reduce). */
+const splitKernels = allKernels.filter((k) => k.startsWith('splitk')) as T.MatmulKernelName[];
 const generalKernels: T.MatmulKernel[] = ['auto', ...allKernels.filter((k) => !vec4Kernels.includes(k))];
 
 // ---------------------------------------------------------------- forward
@@ -177,6 +182,108 @@ describe('matmul forward', () => {
       expect(Array.from(await y.toArray())).toEqual(new Array(15).fill(0));
       expect(T.matmul(T.fromArray([], [0, 4]), T.fromArray(new Float32Array(20), [4, 5])).shape).toEqual([0, 5]);
       expect(T.matmul(T.fromArray([], [0, 2, 4]), T.fromArray(new Float32Array(20), [4, 5])).shape).toEqual([0, 2, 5]);
+    });
+  });
+});
+
+// ---------------------------------------------------------------- split-K
+
+describe('matmul split-K', () => {
+  it('has split-K variants of the vec4 (and, with subgroups, sg) kernels', () => {
+    expect(splitKernels.filter((k) => k.includes('-vec4-')).length).toBeGreaterThanOrEqual(3);
+    if (sgOk) expect(splitKernels.some((k) => k.includes('-sg-'))).toBe(true);
+  });
+
+  it('cuts K into slices that are multiples of 4, at most S of them, covering K exactly', () => {
+    for (const K of [0, 1, 4, 5, 37, 256, 300, 1021, 4100]) {
+      for (const S of [1, 2, 4, 8, 16, 32]) {
+        const [n, len] = T.splitK(K, S);
+        expect(n).toBeGreaterThanOrEqual(1);
+        expect(n).toBeLessThanOrEqual(Math.max(S, 1));
+        if (n > 1) {
+          expect(len % 4).toBe(0);
+          expect((n - 1) * len).toBeLessThan(K); // no empty slice
+        }
+        expect(n * len).toBeGreaterThanOrEqual(K);
+      }
+    }
+    expect(T.splitK(300, 8)).toEqual([8, 40]);
+    expect(T.splitK(260, 16)).toEqual([13, 20]);
+  });
+
+  // Skinny products: small M and N, K in the hundreds and not a multiple of 4 * S (nor of
+  // the 4-row / 4-column tiles for M and N), in every layout the kernels can read.
+  const skinny = fc.record({
+    m: fc.integer({ min: 1, max: 24 }),
+    n: fc.integer({ min: 1, max: 40 }),
+    k: fc.integer({ min: 50, max: 130 }),
+    tA: fc.boolean(),
+    tB: fc.boolean(),
+    seed: fc.nat(1000),
+  });
+
+  it('matches the reference on skinny shapes in every layout, K not a multiple of S or of the tile', async () => {
+    for (const kernel of splitKernels) {
+      await fc.assert(
+        fc.asyncProperty(skinny, async ({ m, n, k, tA, tB, seed }) => {
+          // The vec4 axes must be multiples of 4 (A: K or M, B: K or N); a free K is odd.
+          const M = tA ? 4 * m : m;
+          const N = tB ? n : 4 * n;
+          const K = !tA || tB ? 4 * k + 4 : 4 * k + 3;
+          await checkMatmul(stored(M, K, tA), stored(K, N, tB), { transposeA: tA, transposeB: tB, kernel }, seed);
+          expect(T.lastMatmulChoice()).toMatchObject({ kernel, source: 'forced' });
+        }),
+        { numRuns: 4 },
+      );
+    }
+  });
+
+  it('runs a batch (broadcast too) and a fused bias, with the partials back in the pool', async () => {
+    for (const kernel of splitKernels) {
+      // [batch 2, 3 broadcast against 1] x a shared B, and a batched B with a broadcast A.
+      await checkMatmul([2, 3, 12, 308], [308, 20], { kernel }, 7);
+      await checkMatmul([1, 8, 300], [3, 300, 16], { kernel }, 8);
+      await checkMatmul([2, 1, 300, 8], [1, 3, 300, 12], { transposeA: true, kernel }, 9);
+      // linear: x [5, 2, K] @ w^T + bias (strided: every other element), out odd.
+      const [rows, inF, out] = [10, 292, 13];
+      const x = data(rows * inF, 1), w = data(out * inF, 2), b = data(2 * out, 3);
+      const ref = Float64Array.from({ length: rows * out }, (_, i) => {
+        const [r, o] = [Math.floor(i / out), i % out];
+        let acc = b[2 * o];
+        for (let q = 0; q < inF; q++) acc += x[r * inF + q] * w[o * inF + q];
+        return acc;
+      });
+      await T.tidyAsync(async () => {
+        const xt = T.fromArray(Float32Array.from(x), [5, 2, inF]);
+        const wt = T.fromArray(Float32Array.from(w), [out, inF]);
+        const bt = T.fromArray(Float32Array.from(b)).view([out], [2], 0);
+        await T.getEngine().sync();
+        const before = T.stats();
+        const y = T.linear(xt, wt, bt, { kernel });
+        const after = T.stats();
+        // Two passes (slices, then their sum); the partials' buffer went back to the pool.
+        expect(after.dispatches - before.dispatches).toBe(2);
+        expect(after.bytesInUse - before.bytesInUse).toBe(sizeClass(4 * rows * out));
+        expectClose(await y.toArray(), ref, atolFor(inF), 1e-5, `linear split-K (${kernel})`);
+        y.dispose();
+        expect(T.stats().bytesInUse).toBe(before.bytesInUse);
+      });
+    }
+  });
+
+  it('refuses layouts its base kernel cannot read, and the tuner offers it only for skinny classes', () => {
+    T.tidy(() => {
+      const a = T.fromArray(new Float32Array(8 * 301), [8, 301]);
+      const b = T.fromArray(new Float32Array(301 * 8), [301, 8]);
+      for (const kernel of splitKernels) expect(() => T.matmul(a, b, { kernel })).toThrow(new RegExp(`${kernel} cannot run this layout`));
+      const cands = (M: number, N: number, K: number) => T.matmulCandidates(T.matmulClassOf(T.zeros([M, K]), T.zeros([K, N]))!);
+      // Skinny (dW-like and decode-like): every split-K variant with >= 64 of K per slice.
+      for (const [M, N, K] of [[16, 64, 2048], [64, 512, 1024], [1, 256, 4096]]) {
+        const c = cands(M, N, K);
+        for (const k of splitKernels) expect(c.includes(k)).toBe(K >= 64 * (T.MATMUL_KERNELS[k] as { S?: number }).S!);
+      }
+      // Large M * N, short K, or an unaligned layout: none.
+      for (const [M, N, K] of [[256, 512, 2048], [16, 64, 128], [16, 64, 1023]]) expect(cands(M, N, K).filter((k) => k.startsWith('splitk'))).toEqual([]);
     });
   });
 });

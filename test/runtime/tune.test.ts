@@ -228,6 +228,34 @@ describe('matmul autotuner', () => {
     w.dispose();
   });
 
+  it('checks and times the split-K variants on a skinny class; matmul runs a cached split-K winner', async () => {
+    // dW-like: few rows, long K (vec4-aligned, nn).
+    const skinny = { M: 16, N: 64, K: 1024 };
+    const cls = T.tidy(() => T.matmulClassOf(T.zeros([skinny.M, skinny.K]), T.zeros([skinny.K, skinny.N]))!);
+    const split = T.matmulCandidates(cls).filter((k) => k.startsWith('splitk'));
+    expect(split.length).toBeGreaterThanOrEqual(4);
+    // Every split-K candidate's output is checked; a corrupted one fails and is never chosen.
+    const checked = new Set<string>();
+    T.tuningHooks.checkedOutput = (kernel, out) => {
+      checked.add(kernel);
+      if (kernel === split[0]) out[5] += 0.25;
+    };
+    const [r] = await T.tuneMatmul([skinny]);
+    expect(r.classKey).toBe(keyOf(skinny));
+    for (const k of split) expect(checked.has(k)).toBe(true);
+    expect(String(r.candidates[split[0]])).toMatch(/^failed check: C\[/);
+    expect(r.kernel).not.toBe(split[0]);
+    for (const k of split.slice(1)) expect(String(r.candidates[k])).toMatch(/^(\d|pruned)/);
+    T.tuningHooks.checkedOutput = undefined;
+    // A split-K winner in the cache is what matmul runs for the class, with correct values.
+    writeChoice(split[1], keyOf(skinny));
+    expect(await runShape(skinny)).toMatchObject({ kernel: split[1], source: 'tuned' });
+    // A cached split-K choice for a class it is not offered for (SHAPE: K 24) still runs
+    // correctly: it is only left out of tuning there, not refused.
+    writeChoice(split[1], keyOf());
+    expect(await runShape()).toMatchObject({ kernel: split[1], source: 'tuned' });
+  });
+
   it('rejects bad shapes', async () => {
     await expect(T.tuneMatmul([{ M: 0, N: 4, K: 4 }])).rejects.toThrow(/M must be a positive integer, got 0/);
     await expect(T.tuneMatmul([{ M: 4, N: 4, K: 4, dtype: 'i32' as 'f32' }])).rejects.toThrow(/dtype must be f32 or f16/);
