@@ -4,7 +4,7 @@
 // beside two baselines (random ranking; character n-gram / mean-colour matching).
 //
 //   npm run first-stage -- [--preset tiny] [--run runs/first-stage-tiny] [--pretrain-steps 300]
-//                          [--retriever-steps 300] [--eval-per-task 0 (all)] [--quiet]
+//                          [--retriever-steps 300] [--pooling mean|last] [--eval-per-task 0 (all)] [--quiet]
 //
 // Every stage resumes from its checkpoint when interrupted, and is skipped when its
 // final output exists.
@@ -12,7 +12,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { init } from '../runtime/index.ts';
-import { Retriever } from '../model/retriever.ts';
+import { type Pooling, Retriever } from '../model/retriever.ts';
 import { getPreset } from '../model/presets.ts';
 import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from './data/emoji-benchmark.ts';
 import { ImageStore } from './data/inputs.ts';
@@ -29,6 +29,7 @@ const { values: a } = parseArgs({
     'pretrain-steps': { type: 'string', default: '300' },
     'retriever-steps': { type: 'string', default: '300' },
     batch: { type: 'string', default: '16' },
+    pooling: { type: 'string', default: 'mean' },
     'eval-per-task': { type: 'string', default: '0' },
     seed: { type: 'string', default: '1' },
     quiet: { type: 'boolean', default: false },
@@ -102,7 +103,7 @@ let retriever: Retriever;
 if (!existsSync(join(retrieverFinal, 'config.json'))) {
   const triples = benchmarkTriples(bench.queries.train, byDid, images, seed);
   const steps = num('retriever-steps', a['retriever-steps'], 1);
-  const { retriever: r } = await trainRetriever(() => Retriever.fromBase(baseDir, 64, seed), arrayTripleSource(triples, seed), {
+  const { retriever: r } = await trainRetriever(() => Retriever.fromBase(baseDir, 64, seed, undefined, a.pooling as Pooling), arrayTripleSource(triples, seed), {
     steps,
     batchSize: batch,
     lr: 1e-3,

@@ -33,7 +33,7 @@ import { arrayTripleSource, benchmarkTriples, trainRetriever } from './retriever
 import { alignIcm } from './align.ts';
 import { runSftStage } from './sft-stage.ts';
 import { grpoTrain, loadGrpoData, loadGrpoModels } from './grpo.ts';
-import { type Figures, startProgress } from './progress.ts';
+import { type Figures, type Progress, startProgress } from './progress.ts';
 import { writePipelineReport } from './pipeline-report.ts';
 
 export interface PipelineConfig {
@@ -209,6 +209,8 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
   const started = performance.now();
 
   const bar = (label: string, total: number) => startProgress({ label, total, quiet });
+  // A stage's own lines: to the caller's log when one is given, else above the bar.
+  const via = (p: Progress) => (line: string) => (o.log ? o.log(line) : p.log(line));
   const figs = (f: Figures) => f;
 
   // Data.
@@ -235,7 +237,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         ...c.pretrain,
         seed: c.seed,
         saveEvery: 50,
-        log: (l) => p.log(l),
+        log: via(p),
         onStep: (x) => p.update(x.step + 1, figs({ loss: x.loss, 'tok/s': (x.tokens * 1000) / x.ms })),
       });
     } catch (e) {
@@ -259,7 +261,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         checkpointEvery: 50,
         resume: true,
         logEvery: 0,
-        log: (l) => p.log(l),
+        log: via(p),
         onStep: (x) => p.update(x.step, figs({ loss: x.loss, 'in-batch acc': x.accuracy })), // step counts from 1 here
       });
       await retriever.save(join(s.retriever, 'final'));
@@ -311,7 +313,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         ...c.align,
         seed: c.seed,
         saveEvery: 20,
-        log: (l) => p.log(l),
+        log: via(p),
         onStep: (x) => p.update(x.step + 1, figs({ kl: x.kl, tokens: `${x.fullTokens} -> ${x.compressedTokens}` })),
       });
       model.dispose();
@@ -336,7 +338,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         K: c.eval.K,
         seed: c.seed,
         ...opts,
-        log: (l) => p.log(l),
+        log: via(p),
         onStep: (x) => p.update(x.step + 1, figs({ loss: x.loss, 'tok/s': x.tokensPerSecond, N_ins: x.inspections / c.sft.batch })),
       });
     } catch (e) {
@@ -365,7 +367,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         seed: c.seed,
         saveEvery: 2,
         ...opts,
-        log: (l) => p.log(l),
+        log: via(p),
         onStep: (x) => p.update(x.step + 1, figs({ reward: x.rewardMean, acc: x.accuracy, N_ins: x.inspections, kl: x.kl, lambda: x.lambda })),
       });
     } catch (e) {
@@ -408,7 +410,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
     let done = 0;
     try {
       const result = await runAblationTable(spec, s.table, {
-        log: (l) => p.log(l),
+        log: via(p),
         onProgress: (row, what, d, t) => p.update(done, { row, [what]: `${d}/${t}` }),
       });
       done = spec.rows.length + 1;
