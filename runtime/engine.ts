@@ -10,7 +10,8 @@
 // queue.writeBuffer just before the submit that uses them. Queue operations run in
 // order, so a chunk can be refilled for the next submit safely.
 //
-// Shaders live in shaders/<name>.wgsl. `{{KEY}}` placeholders are replaced by the
+// Shaders live in shaders/<name>.wgsl (shared helpers in shaders/lib/, pulled in by
+// `//#include` lines, see expandIncludes). `{{KEY}}` placeholders are replaced by the
 // defines of a call; a pipeline is compiled once per (shader, defines) and cached.
 // Binding 0 is always the uniform params (`array<vec4<u32>, N>`), bindings 1.. the
 // storage buffers in the order the call lists them.
@@ -21,6 +22,53 @@ import { type GpuContext, checkDeviceHealth, debugMode, gpuSync, lostPromise } f
 import { BufferPool, type GpuBuf } from './pool.ts';
 
 const shaderDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'shaders');
+
+// WGSL has no includes, so shared helpers live in shaders/lib/ and a shader pulls one in
+// with a line `//#include "lib/<name>.wgsl"` (path relative to shaders/). It is replaced
+// by that file's text, recursively, before the defines are substituted; a file already
+// included into this shader is dropped (so libs may include what they need). Nesting is
+// bounded so a runaway chain fails loudly.
+const INCLUDE_LINE = /^[ \t]*\/\/#include\b.*$/gm;
+const MAX_INCLUDE_DEPTH = 4;
+
+/**
+ * Expands the `//#include "path"` lines of shader `name`'s source `code`. `read` returns
+ * a file's text by its path relative to shaders/, or undefined when there is no such file.
+ */
+export function expandIncludes(
+  name: string,
+  code: string,
+  read: (path: string) => string | undefined,
+  seen = new Set<string>(),
+  depth = 0,
+): string {
+  return code.replace(INCLUDE_LINE, (line) => {
+    const m = line.match(/^[ \t]*\/\/#include[ \t]+"([\w./-]+\.wgsl)"[ \t]*$/);
+    if (!m) throw new Error(`shader ${name}: malformed include line: ${line.trim()}`);
+    const path = m[1];
+    if (seen.has(path)) return '';
+    if (depth >= MAX_INCLUDE_DEPTH) {
+      throw new Error(`shader ${name}: includes nest deeper than ${MAX_INCLUDE_DEPTH} levels at "${path}"`);
+    }
+    const text = path.split('/').includes('..') ? undefined : read(path);
+    if (text === undefined) throw new Error(`shader ${name}: included file "${path}" not found in shaders/`);
+    seen.add(path);
+    return expandIncludes(name, text, read, seen, depth + 1);
+  });
+}
+
+/** The source of shaders/<name>.wgsl with its includes expanded (defines not yet applied). */
+export function loadShader(name: string): string {
+  const read = (path: string): string | undefined => {
+    try {
+      return readFileSync(join(shaderDir, path), 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+  };
+  return expandIncludes(name, readFileSync(join(shaderDir, `${name}.wgsl`), 'utf8'), read);
+}
 
 /** Packs kernel parameters as 32-bit words (u32, i32 or f32), read in WGSL as u32 + bitcast. */
 export class Params {
@@ -112,7 +160,7 @@ export class Engine {
   private source(name: string): string {
     let s = this.sources.get(name);
     if (s === undefined) {
-      s = readFileSync(join(shaderDir, `${name}.wgsl`), 'utf8');
+      s = loadShader(name);
       this.sources.set(name, s);
     }
     return s;

@@ -39,8 +39,7 @@ const NCH: u32 = DC / CH;
 
 alias Row = array<array<vec4<f32>, CH>, NCH>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
-fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+//#include "lib/params.wgsl"
 
 // Chunk c of the Q / dO row at element `base` (n elements; chunks past it repeat in-row
 // values, which only meet zero components or unstored accumulator slots).

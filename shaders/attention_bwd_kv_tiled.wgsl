@@ -33,8 +33,6 @@ const WG: u32 = {{BK}}u * {{C}}u;
 const NA: u32 = {{NA}}u;
 const SQ: u32 = {{BQ}}u / {{C}}u;
 const RS: u32 = {{MAX_D}}u + 1u;
-const MASKED: f32 = -3.0e38;
-
 var<workgroup> Ks: array<{{VT}}, {{BK}}u * ({{MAX_D}}u + 1u)>;
 var<workgroup> Vs: array<{{VT}}, {{BK}}u * ({{MAX_D}}u + 1u)>;
 var<workgroup> Qs: array<{{VT}}, {{BQ}}u * ({{MAX_D}}u + 1u)>;
@@ -42,22 +40,9 @@ var<workgroup> DOs: array<{{VT}}, {{BQ}}u * ({{MAX_D}}u + 1u)>;
 var<workgroup> Ps: array<f32, {{BK}}u * {{BQ}}u>;
 var<workgroup> DSs: array<f32, {{BK}}u * {{BQ}}u>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
-fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+//#include "lib/params.wgsl"
+//#include "lib/attention_mask.wgsl"
 fn dotv(a: {{VT}}, b: {{VT}}) -> f32 { return {{DOT}}; }
-
-// Same rule as attention_fwd.wgsl.
-fn keyBias(b: u32, h: u32, i: u32, j: u32) -> f32 {
-  let flags = pu(7u);
-  if ((flags & 1u) != 0u && i32(j) > bitcast<i32>(pu(8u)) + i32(i)) { return MASKED; }
-  if ((flags & 4u) != 0u && KP[pu(17u) + b * pu(18u) + j * pu(19u)] == {{KPT}}(0)) { return MASKED; }
-  if ((flags & 2u) != 0u) {
-    let m = MASK[pu(12u) + b * pu(13u) + h * pu(14u) + i * pu(15u) + j * pu(16u)];
-    if (m < -1.0e30) { return MASKED; }
-    return m;
-  }
-  return 0.0;
-}
 
 @compute @workgroup_size({{BK}} * {{C}})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {

@@ -17,24 +17,9 @@
 @group(0) @binding(7) var<storage, read> LD: array<f32>;
 @group(0) @binding(8) var<storage, read_write> DQ: array<{{VT}}>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
-fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+//#include "lib/params.wgsl"
+//#include "lib/attention_mask.wgsl"
 fn dotv(a: {{VT}}, b: {{VT}}) -> f32 { return {{DOT}}; }
-
-const MASKED: f32 = -3.0e38;
-
-// Same rule as attention_fwd.wgsl.
-fn keyBias(b: u32, h: u32, i: u32, j: u32) -> f32 {
-  let flags = pu(7u);
-  if ((flags & 1u) != 0u && i32(j) > bitcast<i32>(pu(8u)) + i32(i)) { return MASKED; }
-  if ((flags & 4u) != 0u && KP[pu(17u) + b * pu(18u) + j * pu(19u)] == {{KPT}}(0)) { return MASKED; }
-  if ((flags & 2u) != 0u) {
-    let m = MASK[pu(12u) + b * pu(13u) + h * pu(14u) + i * pu(15u) + j * pu(16u)];
-    if (m < -1.0e30) { return MASKED; }
-    return m;
-  }
-  return 0.0;
-}
 
 fn keyEnd(i: u32, Tk: u32) -> u32 {
   if ((pu(7u) & 1u) == 0u) { return Tk; }

@@ -28,25 +28,9 @@
 @group(0) @binding(6) var<storage, read_write> O: array<{{VT}}>;
 @group(0) @binding(7) var<storage, read_write> LSE: array<f32>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
-fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+//#include "lib/params.wgsl"
+//#include "lib/attention_mask.wgsl"
 fn dotv(a: {{VT}}, b: {{VT}}) -> f32 { return {{DOT}}; }
-
-// Marks an excluded key; mask values below -1e30 (i.e. -Infinity) also exclude the key.
-const MASKED: f32 = -3.0e38;
-
-// The additive bias of key j for query row (b, h, i), or MASKED when the key is excluded.
-fn keyBias(b: u32, h: u32, i: u32, j: u32) -> f32 {
-  let flags = pu(7u);
-  if ((flags & 1u) != 0u && i32(j) > bitcast<i32>(pu(8u)) + i32(i)) { return MASKED; }
-  if ((flags & 4u) != 0u && KP[pu(17u) + b * pu(18u) + j * pu(19u)] == {{KPT}}(0)) { return MASKED; }
-  if ((flags & 2u) != 0u) {
-    let m = MASK[pu(12u) + b * pu(13u) + h * pu(14u) + i * pu(15u) + j * pu(16u)];
-    if (m < -1.0e30) { return MASKED; }
-    return m;
-  }
-  return 0.0;
-}
 
 // One past the last key query i may see (causal), else Tk.
 fn keyEnd(i: u32, Tk: u32) -> u32 {

@@ -54,8 +54,7 @@ const NCH: u32 = DC / CH;
 
 alias Row = array<array<vec4<f32>, CH>, NCH>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
-fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+//#include "lib/params.wgsl"
 
 // Chunk c (elements 4c..4c+3) of the K row starting at element `base`, n elements long.
 // Chunks past the row repeat in-row values (finite; they only ever meet zero query

@@ -23,7 +23,8 @@ const TN: u32 = {{TN}}u;
 const WGX: u32 = {{WGX}}u;
 const WGY: u32 = {{WGY}}u;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+//#include "lib/params.wgsl"
+//#include "lib/batch.wgsl"
 
 @compute @workgroup_size(WGX, WGY, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -35,16 +36,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   // No early exit for lanes past the edge: they compute clamped duplicates (see the stores).
 
   let batch = wg.z + pu(7u);
-  var aOff = pu(4u);
-  var bOff = pu(5u);
-  var rem = batch;
-  for (var d = i32(pu(3u)) - 1; d >= 0; d--) {
-    let dim = pu(16u + u32(d));
-    let c = rem % dim;
-    rem /= dim;
-    aOff += c * pu(22u + u32(d));
-    bOff += c * pu(28u + u32(d));
-  }
+  let off = batchOffsets(batch);
+  let aOff = off.a;
+  let bOff = off.b;
   let sAk = pu(9u);
   let sBk = pu(10u);
 

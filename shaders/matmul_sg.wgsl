@@ -49,7 +49,8 @@ const B_KMAJOR: bool = {{B_KMAJOR}};
 alias Chunk = array<array<vec4<f32>, TN4>, 8>;
 alias Frag = array<array<vec4<f32>, TN4>, 4>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+//#include "lib/params.wgsl"
+//#include "lib/batch.wgsl"
 
 // One k-step for rows 8c..8c+7 of the tile: acc[r][g] += A[row, k..k+3] * bf[..][g].
 fn stepChunk(acc: ptr<function, Chunk>, av: ptr<function, array<vec4<f32>, AS>>, bf: ptr<function, Frag>, c: u32) {
@@ -116,16 +117,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   let batch = gz % pu(15u);
   let kBegin = (gz / pu(15u)) * pu(14u);
   let kEnd = min(K, kBegin + pu(14u));
-  var aOff = pu(4u);
-  var bOff = pu(5u);
-  var rem = batch;
-  for (var d = i32(pu(3u)) - 1; d >= 0; d--) {
-    let dim = pu(16u + u32(d));
-    let c = rem % dim;
-    rem /= dim;
-    aOff += c * pu(22u + u32(d));
-    bOff += c * pu(28u + u32(d));
-  }
+  let off = batchOffsets(batch);
+  let aOff = off.a;
+  let bOff = off.b;
   let sAm = pu(8u);
   let sAk4 = pu(9u) / 4u;
   let sBk4 = pu(10u) / 4u;

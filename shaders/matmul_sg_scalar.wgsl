@@ -33,7 +33,8 @@ const WGX: u32 = {{WGX}}u;
 
 alias Chunk = array<array<vec4<f32>, TN4>, 8>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+//#include "lib/params.wgsl"
+//#include "lib/batch.wgsl"
 
 // One k for rows 8c..8c+7: acc[r][g] += A[row, k] * B[k, cols of group g].
 fn stepChunk(acc: ptr<function, Chunk>, av: ptr<function, array<f32, AS>>, b: ptr<function, array<vec4<f32>, TN4>>, c: u32) {
@@ -62,16 +63,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   let n0 = (wg.x * WGX + lid.x) * TN;
 
   let batch = wg.z + pu(7u);
-  var aOff = pu(4u);
-  var bOff = pu(5u);
-  var rem = batch;
-  for (var d = i32(pu(3u)) - 1; d >= 0; d--) {
-    let dim = pu(16u + u32(d));
-    let c = rem % dim;
-    rem /= dim;
-    aOff += c * pu(22u + u32(d));
-    bOff += c * pu(28u + u32(d));
-  }
+  let off = batchOffsets(batch);
+  let aOff = off.a;
+  let bOff = off.b;
   let sAk = pu(9u);
   let sBk = pu(10u);
 

@@ -43,7 +43,8 @@ const LB: u32 = BK * BN / (4u * NT);
 var<workgroup> As: array<vec4<f32>, BK * BM4>;
 var<workgroup> Bs: array<vec4<f32>, BK * BN4>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+//#include "lib/params.wgsl"
+//#include "lib/batch.wgsl"
 
 // Geometry of one matmul shared by the load helpers.
 struct Geo {
@@ -113,16 +114,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   g.N = pu(1u);
   g.K = pu(2u);
   let batch = wg.z + pu(7u);
-  g.aOff = pu(4u);
-  g.bOff = pu(5u);
-  var rem = batch;
-  for (var d = i32(pu(3u)) - 1; d >= 0; d--) {
-    let dim = pu(16u + u32(d));
-    let c = rem % dim;
-    rem /= dim;
-    g.aOff += c * pu(22u + u32(d));
-    g.bOff += c * pu(28u + u32(d));
-  }
+  let off = batchOffsets(batch);
+  g.aOff = off.a;
+  g.bOff = off.b;
   g.sAm = pu(8u);
   g.sAk = pu(9u);
   g.sBk = pu(10u);

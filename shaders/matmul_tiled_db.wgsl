@@ -61,7 +61,8 @@ const LB: u32 = BK * BN / (4u * NT);
 var<workgroup> As: array<array<array<vec4<f32>, BM4>, BK>, 2>;
 var<workgroup> Bs: array<array<array<vec4<f32>, BN4>, BK>, 2>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+//#include "lib/params.wgsl"
+//#include "lib/batch.wgsl"
 
 @compute @workgroup_size(NT, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
@@ -69,16 +70,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let N = pu(1u);
   let K = pu(2u);
   let batch = wg.z + pu(7u);
-  var aOff = pu(4u);
-  var bOff = pu(5u);
-  var rem = batch;
-  for (var d = i32(pu(3u)) - 1; d >= 0; d--) {
-    let dim = pu(16u + u32(d));
-    let c = rem % dim;
-    rem /= dim;
-    aOff += c * pu(22u + u32(d));
-    bOff += c * pu(28u + u32(d));
-  }
+  let off = batchOffsets(batch);
+  let aOff = off.a;
+  let bOff = off.b;
   let sAm = pu(8u);
   let sAk = pu(9u);
   let sBk = pu(10u);

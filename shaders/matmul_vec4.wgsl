@@ -40,7 +40,8 @@ const WGY: u32 = {{WGY}}u;
 const A_KMAJOR: bool = {{A_KMAJOR}};
 const B_KMAJOR: bool = {{B_KMAJOR}};
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+//#include "lib/params.wgsl"
+//#include "lib/batch.wgsl"
 
 @compute @workgroup_size(WGX, WGY, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -59,16 +60,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   let kBegin = (g / pu(15u)) * pu(14u);
   let kEnd = min(K, kBegin + pu(14u));
   // Batch offsets: decompose the batch index over the (collapsed) batch shape.
-  var aOff = pu(4u);
-  var bOff = pu(5u);
-  var rem = batch;
-  for (var d = i32(pu(3u)) - 1; d >= 0; d--) {
-    let dim = pu(16u + u32(d));
-    let c = rem % dim;
-    rem /= dim;
-    aOff += c * pu(22u + u32(d));
-    bOff += c * pu(28u + u32(d));
-  }
+  let off = batchOffsets(batch);
+  let aOff = off.a;
+  let bOff = off.b;
   let sAm = pu(8u);
   let sAk = pu(9u);
   let sBk = pu(10u);

@@ -49,7 +49,11 @@ export interface PipelineConfig {
   align: { steps: number; batch: number; lr: number };
   sft: { steps: number; batch: number; lr: number };
   grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number };
-  /** Reranking evaluation: candidates per query, test queries (spread over the tasks). */
+  /**
+   * Reranking evaluation: candidates per query, test queries (spread over the tasks), and
+   * the generation budget. A synthetic trace at K = 16 is about 660 tokens with the tiny
+   * tokenizer, so maxNewTokens (here and for GRPO) must leave room to reach <answer>.
+   */
   eval: { K: number; limit: number; maxNewTokens: number };
   /** Train and evaluate the ablation rows too. */
   ablations: boolean;
@@ -65,8 +69,8 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     firstStage: { perTask: 40 },
     align: { steps: 60, batch: 4, lr: 1e-3 },
     sft: { steps: 120, batch: 4, lr: 1e-3 },
-    grpo: { steps: 8, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 160, fixedLambda: 0.5 },
-    eval: { K: 16, limit: 20, maxNewTokens: 160 },
+    grpo: { steps: 4, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 1024, fixedLambda: 0.5 },
+    eval: { K: 16, limit: 12, maxNewTokens: 1024 },
     ablations: false,
   },
   small: {
@@ -78,8 +82,8 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     firstStage: { perTask: 0 },
     align: { steps: 150, batch: 8, lr: 1e-3 },
     sft: { steps: 300, batch: 8, lr: 5e-4 },
-    grpo: { steps: 30, batch: 4, group: 4, lr: 2e-5, maxNewTokens: 256, fixedLambda: 0.5 },
-    eval: { K: 16, limit: 100, maxNewTokens: 256 },
+    grpo: { steps: 30, batch: 4, group: 4, lr: 2e-5, maxNewTokens: 1024, fixedLambda: 0.5 },
+    eval: { K: 16, limit: 100, maxNewTokens: 1024 },
     ablations: true,
   },
 };
