@@ -15,9 +15,10 @@
 // A stage whose final output exists is skipped; an interrupted stage resumes from its
 // checkpoint (each stage's own mechanism). Settings come from a named config (tiny: the
 // demo, minutes on a 2-core software adapter; small: hours there, not yet timed end to
-// end) or a JSON file that overrides one. Candidate lists for SFT and GRPO are drawn from the positive, its hard
-// negatives and random train-pool items (train/data/cot.ts), not from first-stage
-// rankings of training queries: the first stage is evaluated on test queries only.
+// end) or a JSON file that overrides one. Candidate lists for SFT and GRPO are drawn
+// from the positive, its hard negatives and random train-pool items (train/data/cot.ts),
+// not from first-stage rankings of training queries: the first stage is evaluated on test
+// queries only.
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { init } from '../runtime/index.ts';
