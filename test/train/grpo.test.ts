@@ -11,41 +11,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as T from '../../runtime/index.ts';
 import { Icm, icmConfigFor } from '../../model/icm.ts';
 import { type RerankResult, rerankGenerateBatch, traceLayout } from '../../model/inspect.ts';
-import { Mllm, type MllmConfig } from '../../model/mllm.ts';
-import { PRESETS, withVocab } from '../../model/presets.ts';
+import { Mllm } from '../../model/mllm.ts';
 import { rerankParts } from '../../model/sequence.ts';
-import { trainBpe } from '../../model/tokenizer.ts';
-import { candidateList, emojiIndex, synthesizeTrace } from '../../train/data/cot.ts';
-import { buildEmojiBenchmark } from '../../train/data/emoji-benchmark.ts';
-import { ImageStore } from '../../train/data/inputs.ts';
+import { candidateList } from '../../train/data/cot.ts';
 import { type GrpoPrompt, type GrpoStepInfo, completionLogProbs, grpoTrain, icmCompress, loadGrpoModels, makeGrpoPrompt, sampleSeed, scoreCompletion } from '../../train/grpo.ts';
-import { type SftData, type SftExample, makeSftExample, sftTrain } from '../../train/sft.ts';
+import { type SftExample, makeSftExample, sftTrain } from '../../train/sft.ts';
 import { expectClose } from '../helpers.ts';
+import { K, SYSTEM, attributes, bench, config, data, emojis, tok } from './reranker-fixture.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'retrv-grpo-'));
-const bench = buildEmojiBenchmark({ seed: 1, maxPerTask: 20 });
-const attributes = new Map(bench.attributes.map((a) => [a.did, a]));
-const queryAttributes = new Map(bench.queryAttributes.map((a) => [a.qid, a]));
-const emojis = emojiIndex(bench.attributes);
-const K = 4;
-const SYSTEM = 'Rank.';
-
-const sample = bench.queries.train.map((q) => {
-  const c = candidateList(q, { K, seed: 1, pool: bench.taskPools.get(q.task_id)!, attributes });
-  return synthesizeTrace(q, queryAttributes.get(q.qid)!, c, attributes, emojis, { seed: 1 }).text;
-});
-const tok = trainBpe([...sample, ...bench.attributes.map((a) => a.name), SYSTEM], { vocabSize: 1024 });
-const cfg = withVocab(PRESETS.tiny, tok.vocabSize);
-const config: MllmConfig = { architectures: ['RetrvMllm'], preset: 'tiny', llm: cfg.llm, vision: cfg.vision, imageSize: PRESETS.tiny.imageSize };
-const images = new ImageStore({ root: bench.meta.image_root, patchSize: cfg.vision.patchSize, mergeSize: cfg.vision.mergeSize, size: config.imageSize });
-const data: SftData = {
-  queries: bench.queries.train.filter((q) => q.task_id === 6 || q.task_id === 1),
-  queryAttributes,
-  attributes,
-  byDid: new Map(bench.pool.map((c) => [c.did, c])),
-  taskPools: bench.taskPools,
-  images,
-};
 const sftDir = join(dir, 'sft', 'final');
 const icmDir = join(dir, 'sft-icm');
 const owned: Mllm[] = [];
