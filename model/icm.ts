@@ -43,6 +43,7 @@ import {
   concat,
 } from '../runtime/index.ts';
 import { CheckpointError } from './checkpoint.ts';
+import type { CompressFactory } from './inspect.ts';
 import type { Mllm } from './mllm.ts';
 import { type CandidateInput, type Part, type QueryInput, contentParts } from './sequence.ts';
 
@@ -347,4 +348,9 @@ export function compressHook(rows: Tensor): (candidate: CandidateInput, index: n
     if (!Number.isInteger(i) || i < 0 || i >= rows.shape[0]) throw new RangeError(`compressHook: candidate ${i} is outside the ${rows.shape[0]} compressed candidates`);
     return squeeze(slice(rows, 0, i, i + 1), 0);
   };
+}
+
+/** The reranker's ICM hook factory: each prompt's candidates compressed in one batch. */
+export function icmCompress(model: Mllm, icm: Icm): CompressFactory {
+  return (query, candidates) => compressHook(icm.compressMany(model, query, candidates));
 }

@@ -10,7 +10,7 @@
 @group(0) @binding(1) var<storage, read> X: array<{{T}}>;
 @group(0) @binding(2) var<storage, read_write> Y: array<{{T}}>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+//#include "lib/params.wgsl"
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -42,7 +42,7 @@ const BIG: f32 = 3.402823e38;
 var<workgroup> sa: array<f32, WG>;
 var<workgroup> sb: array<f32, WG>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+//#include "lib/params.wgsl"
 
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -35,8 +35,7 @@ const WG: u32 = {{WG}}u;
 var<workgroup> sa: array<f32, WG>;
 var<workgroup> sb: array<f32, WG>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
-fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+//#include "lib/params.wgsl"
 
 // Sums of (a, b) over the workgroup (every invocation gets them).
 fn wgSum2(lid: u32, a: f32, b: f32) -> vec2<f32> {

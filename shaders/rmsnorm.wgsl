@@ -30,8 +30,7 @@ const WG: u32 = {{WG}}u;
 
 var<workgroup> sh: array<f32, WG>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
-fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+//#include "lib/params.wgsl"
 
 // Sum of v over the workgroup (every invocation gets the result).
 fn wgSum(lid: u32, v: f32) -> f32 {

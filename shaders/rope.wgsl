@@ -21,8 +21,7 @@
 @group(0) @binding(2) var<storage, read> POS: array<i32>;
 @group(0) @binding(3) var<storage, read_write> Y: array<{{T}}>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
-fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+//#include "lib/params.wgsl"
 
 // 2*pi = C1 + C2 with C1 short enough that k * C1 is exact for |k| < 2^16.
 const C1: f32 = 6.28125;

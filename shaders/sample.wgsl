@@ -25,8 +25,7 @@ var<workgroup> redU: array<u32, 64>;
 var<workgroup> res: vec4<u32>;
 var<workgroup> resSum: f32;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
-fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+//#include "lib/params.wgsl"
 
 // Order-preserving map f32 -> u32 (a < b  <=>  okey(a) < okey(b)), and its inverse.
 fn okey(f: f32) -> u32 {

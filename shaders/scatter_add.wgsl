@@ -32,7 +32,7 @@
 
 const FOLLOWER: u32 = 0x80000000u;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+//#include "lib/params.wgsl"
 
 struct At {
   // Offsets off the axis (axis coordinate 0) into I, SRC, LINK, OUT (without the

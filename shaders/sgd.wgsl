@@ -18,8 +18,7 @@
 @group(0) @binding(3) var<storage, read_write> B: array<f32>;
 @group(0) @binding(4) var<storage, read> S: array<f32>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
-fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+//#include "lib/params.wgsl"
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

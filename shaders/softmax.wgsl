@@ -26,7 +26,7 @@ const BIG: f32 = 3.402823e38;
 var<workgroup> shm: array<f32, WG>;
 var<workgroup> shs: array<f32, WG>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+//#include "lib/params.wgsl"
 
 // Index of element 0 of row r in a contiguous [outer, D, inner] layout.
 fn rowBase(r: u32) -> u32 {

@@ -19,7 +19,7 @@
 @group(0) @binding(4) var<storage, read_write> DGATE: array<{{T}}>;
 @group(0) @binding(5) var<storage, read_write> DUP: array<{{T}}>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+//#include "lib/params.wgsl"
 
 // Element offsets of coordinate i (row-major over the shape) in each of three operands;
 // a contiguous operand skips the walk.

@@ -12,7 +12,7 @@
 @group(0) @binding(2) var<storage, read_write> OV: array<f32>;
 @group(0) @binding(3) var<storage, read_write> OI: array<i32>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+//#include "lib/params.wgsl"
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -11,8 +11,7 @@
 @group(0) @binding(1) var<storage, read> X: array<{{TIN}}>;
 @group(0) @binding(2) var<storage, read_write> Y: array<{{TOUT}}>;
 
-fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
-fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+//#include "lib/params.wgsl"
 
 fn srcIndex(i: u32) -> u32 {
   let rank = pu(1u);

@@ -57,18 +57,19 @@ import {
   tidy,
   tidyAsync,
 } from '../runtime/index.ts';
-import { Icm, compressHook } from '../model/icm.ts';
+import { Icm, icmCompress } from '../model/icm.ts';
 import { type CompressFactory, type RerankResult, rerankGenerateBatch, traceLayout } from '../model/inspect.ts';
 import { Mllm } from '../model/mllm.ts';
 import { type CandidateInput, type QueryInput, type SequenceLayout, collate, rerankParts } from '../model/sequence.ts';
 import { candidateList } from './data/cot.ts';
-import { type EmojiAttributes, loadBenchmark, readSideTable } from './data/emoji-benchmark.ts';
+import type { EmojiAttributes } from './data/emoji-benchmark.ts';
 import { ImageStore, candidateInput, queryInput } from './data/inputs.ts';
 import type { MbeirCandidate, MbeirQuery } from './data/mbeir-types.ts';
 import { hash32 } from './data/seeded.ts';
 import { DEFAULT_CLIP, DEFAULT_KL_BETA, batchAdvantages, completionReward, curriculumLambda, grpoLoss, grpoObjective } from './grpo-objective.ts';
 import { loadOptimizerState, saveRunState, savedStep, trainStep } from './run-state.ts';
 import { batchQueries, loadSftCheckpointInto } from './sft.ts';
+import { loadSftData } from './sft-stage.ts';
 
 /** What the prompts are drawn from (the train split). An SftData fits. */
 export interface GrpoData {
@@ -177,11 +178,6 @@ export interface GrpoOptions {
 
 /** The settings a resumed run must share with the run that wrote the checkpoint. */
 const RUN_FILE = 'grpo.json';
-
-/** The ICM as a rerankParts hook factory: one compression pass per prompt (as in SFT and eval). */
-export function icmCompress(model: Mllm, icm: Icm): CompressFactory {
-  return (query, candidates) => compressHook(icm.compressMany(model, query, candidates));
-}
 
 /** The sampling seed of a step (the generator draws rows from (seed, token step, row)). */
 export function sampleSeed(seed: number, step: number): number {
@@ -555,12 +551,8 @@ export async function loadGrpoModels(dir: string): Promise<{ model: Mllm; refere
 
 /** The train split of a benchmark folder as GRPO data (first-stage rankings optional). */
 export async function loadGrpoData(dataDir: string, model: Mllm, firstStage?: ReadonlyMap<string, readonly string[]>): Promise<GrpoData> {
-  const bench = await loadBenchmark(dataDir);
-  const attrPath = join(dataDir, 'attributes.jsonl');
-  const attributes = existsSync(attrPath) ? await readSideTable<EmojiAttributes>(attrPath, 'did') : undefined;
-  const v = model.config.vision;
-  const images = new ImageStore({ root: bench.imageRoot, patchSize: v.patchSize, mergeSize: v.mergeSize, size: model.config.imageSize });
-  return { queries: bench.queries.train, byDid: new Map(bench.pool.map((c) => [c.did, c])), taskPools: bench.taskPools, images, attributes, firstStage };
+  const { queries, byDid, taskPools, images, attributes } = await loadSftData(dataDir, model);
+  return { queries, byDid, taskPools, images, attributes, firstStage };
 }
 
 /** First-stage rankings from a JSON file: { "<qid>": ["<did>", ...], ... } (best first). */

@@ -34,7 +34,7 @@ import { arrayTripleSource, benchmarkTriples, trainRetriever } from './retriever
 import { alignIcm } from './align.ts';
 import { runSftStage } from './sft-stage.ts';
 import { grpoTrain, loadGrpoData, loadGrpoModels } from './grpo.ts';
-import { type Figures, type Progress, startProgress } from './progress.ts';
+import { type Progress, withProgress } from './progress.ts';
 import { writePipelineReport } from './pipeline-report.ts';
 
 export interface PipelineConfig {
@@ -213,10 +213,10 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
   log(`run: ${o.runDir} (preset ${preset.name})`);
   const started = performance.now();
 
-  const bar = (label: string, total: number) => startProgress({ label, total, quiet });
+  // One stage's work under a progress display that fails cleanly on error.
+  const run = <T>(label: string, total: number, fn: (p: Progress) => Promise<T>) => withProgress({ label, total, quiet }, fn);
   // A stage's own lines: to the caller's log when one is given, else above the bar.
   const via = (p: Progress) => (line: string) => (o.log ? o.log(line) : p.log(line));
-  const figs = (f: Figures) => f;
 
   // Data.
   if (want.has('data') && !existsSync(join(c.data, 'meta.json'))) {
@@ -231,9 +231,8 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
   // Pre-training.
   if (want.has('pretrain') && !hasModel(s.pretrain)) {
     const attributes = [...(await readSideTable<EmojiAttributes>(join(c.data, 'attributes.jsonl'), 'did')).values()];
-    const p = bar('pretrain', c.pretrain.steps);
-    try {
-      await pretrain({
+    await run('pretrain', c.pretrain.steps, (p) =>
+      pretrain({
         dataDir: c.data,
         imageRoot: bench.imageRoot,
         attributes,
@@ -243,21 +242,16 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         seed: c.seed,
         saveEvery: 50,
         log: via(p),
-        onStep: (x) => p.update(x.step + 1, figs({ loss: x.loss, 'tok/s': (x.tokens * 1000) / x.ms })),
-      });
-    } catch (e) {
-      p.fail(e);
-      throw e;
-    }
-    p.stop();
+        onStep: (x) => p.update(x.step + 1, { loss: x.loss, 'tok/s': (x.tokens * 1000) / x.ms }),
+      }),
+    );
   } else if (want.has('pretrain')) log(`pretrain: done (${join(s.pretrain, 'final')})`);
 
   // First-stage retriever.
   if (want.has('retriever') && !hasModel(s.retriever)) {
     const base = input(s.pretrain, 'the pre-trained base model', 'retriever');
     const triples = benchmarkTriples(bench.queries.train, byDid, images, c.seed);
-    const p = bar('retriever', c.retriever.steps);
-    try {
+    await run('retriever', c.retriever.steps, async (p) => {
       const { retriever } = await trainRetriever(() => Retriever.fromBase(base, 64, c.seed, undefined, c.retriever.pooling), arrayTripleSource(triples, c.seed), {
         steps: c.retriever.steps,
         batchSize: c.retriever.batch,
@@ -267,15 +261,11 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         resume: true,
         logEvery: 0,
         log: via(p),
-        onStep: (x) => p.update(x.step, figs({ loss: x.loss, 'in-batch acc': x.accuracy })), // step counts from 1 here
+        onStep: (x) => p.update(x.step, { loss: x.loss, 'in-batch acc': x.accuracy }), // step counts from 1 here
       });
       await retriever.save(join(s.retriever, 'final'));
       retriever.dispose();
-    } catch (e) {
-      p.fail(e);
-      throw e;
-    }
-    p.stop();
+    });
   } else if (want.has('retriever')) log(`retriever: done (${join(s.retriever, 'final')})`);
 
   // First-stage recall with baselines.
@@ -283,24 +273,21 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
     const dir = input(s.retriever, 'the trained retriever', 'first-stage');
     mkdirSync(s.firstStage, { recursive: true });
     const retriever = await Retriever.load(dir);
-    const p = bar('first stage', 1);
     try {
-      const reports = await evaluateFirstStage({
-        bench,
-        retriever,
-        images,
-        perTask: c.firstStage.perTask,
-        seed: c.seed,
-        outDir: s.firstStage,
-        adapter: ctx.description,
-        preset: preset.name,
-        onProgress: (what, done, total) => p.update(0, { [what]: `${done}/${total}` }),
-      });
-      p.stop();
+      const reports = await run('first stage', 1, (p) =>
+        evaluateFirstStage({
+          bench,
+          retriever,
+          images,
+          perTask: c.firstStage.perTask,
+          seed: c.seed,
+          outDir: s.firstStage,
+          adapter: ctx.description,
+          preset: preset.name,
+          onProgress: (what, done, total) => p.update(0, { [what]: `${done}/${total}` }),
+        }),
+      );
       log(formatRecallTable(reports, `first stage, test split, ${reports['first stage'].queries} queries`));
-    } catch (e) {
-      p.fail(e);
-      throw e;
     } finally {
       retriever.dispose();
     }
@@ -309,8 +296,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
   // ICM self-alignment.
   if (want.has('align') && !hasModel(s.align)) {
     const base = input(s.pretrain, 'the pre-trained base model', 'align');
-    const p = bar('align', c.align.steps);
-    try {
+    await run('align', c.align.steps, async (p) => {
       const { model, icm } = await alignIcm({
         base,
         dataDir: c.data,
@@ -319,23 +305,18 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         seed: c.seed,
         saveEvery: 20,
         log: via(p),
-        onStep: (x) => p.update(x.step + 1, figs({ kl: x.kl, tokens: `${x.fullTokens} -> ${x.compressedTokens}` })),
+        onStep: (x) => p.update(x.step + 1, { kl: x.kl, tokens: `${x.fullTokens} -> ${x.compressedTokens}` }),
       });
       model.dispose();
       icm.dispose();
-    } catch (e) {
-      p.fail(e);
-      throw e;
-    }
-    p.stop();
+    });
   } else if (want.has('align')) log(`align: done (${join(s.align, 'final')})`);
 
   // SFT (and its ablations).
   const sft = async (label: string, dir: string, base: string, opts: { noIcm?: boolean; noInspect?: boolean }) => {
     if (existsSync(join(dir, 'final', 'sft.json'))) return log(`${label}: done (${join(dir, 'final')})`);
-    const p = bar(label, c.sft.steps);
-    try {
-      await runSftStage({
+    await run(label, c.sft.steps, (p) =>
+      runSftStage({
         base,
         out: dir,
         dataDir: c.data,
@@ -344,47 +325,40 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         seed: c.seed,
         ...opts,
         log: via(p),
-        onStep: (x) => p.update(x.step + 1, figs({ loss: x.loss, 'tok/s': x.tokensPerSecond, N_ins: x.inspections / c.sft.batch })),
-      });
-    } catch (e) {
-      p.fail(e);
-      throw e;
-    }
-    p.stop();
+        onStep: (x) => p.update(x.step + 1, { loss: x.loss, 'tok/s': x.tokensPerSecond, N_ins: x.inspections / c.sft.batch }),
+      }),
+    );
   };
   // GRPO (and its ablations).
   const grpo = async (label: string, dir: string, from: string, opts: { fixedLambda?: number; maxInspections?: number }) => {
     if (hasModel(dir)) return log(`${label}: done (${join(dir, 'final')})`);
     const models = await loadGrpoModels(from);
-    const data = await loadGrpoData(c.data, models.model);
-    const p = bar(label, c.grpo.steps);
     try {
-      await grpoTrain({
-        ...models,
-        data,
-        runDir: dir,
-        steps: c.grpo.steps,
-        batch: c.grpo.batch,
-        group: c.grpo.group,
-        lr: c.grpo.lr,
-        maxNewTokens: c.grpo.maxNewTokens,
-        K: c.eval.K,
-        seed: c.seed,
-        saveEvery: 2,
-        ...opts,
-        log: via(p),
-        onStep: (x) => p.update(x.step + 1, figs({ reward: x.rewardMean, acc: x.accuracy, N_ins: x.inspections, kl: x.kl, lambda: x.lambda })),
-      });
-    } catch (e) {
-      p.fail(e);
-      throw e;
+      const data = await loadGrpoData(c.data, models.model);
+      await run(label, c.grpo.steps, (p) =>
+        grpoTrain({
+          ...models,
+          data,
+          runDir: dir,
+          steps: c.grpo.steps,
+          batch: c.grpo.batch,
+          group: c.grpo.group,
+          lr: c.grpo.lr,
+          maxNewTokens: c.grpo.maxNewTokens,
+          K: c.eval.K,
+          seed: c.seed,
+          saveEvery: 2,
+          ...opts,
+          log: via(p),
+          onStep: (x) => p.update(x.step + 1, { reward: x.rewardMean, acc: x.accuracy, N_ins: x.inspections, kl: x.kl, lambda: x.lambda }),
+        }),
+      );
     } finally {
       models.model.dispose();
       models.reference.dispose();
       models.icm?.dispose();
       models.referenceIcm?.dispose();
     }
-    p.stop();
   };
   if (want.has('sft')) await sft('sft', s.sft, input(s.align, 'the aligned model and ICM', 'sft'), {});
   if (want.has('grpo')) await grpo('grpo', s.grpo, input(s.sft, 'the SFT model', 'grpo'), {});
@@ -411,21 +385,17 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
       rows: tableRows(o.runDir, c.ablations),
     };
     for (const r of spec.rows) if (!existsSync(join(r.ckpt, 'config.json'))) throw new Error(`table row '${r.name}' needs ${r.ckpt}; run its training stage first`);
-    const p = bar('table', spec.rows.length + 1);
-    let done = 0;
-    try {
-      const result = await runAblationTable(spec, s.table, {
+    // Progress counts rows: the first stage, then each reranker row.
+    const rowIndex = (row: string) => 1 + spec.rows.findIndex((r) => r.name === row);
+    const result = await run('table', spec.rows.length + 1, async (p) => {
+      const r = await runAblationTable(spec, s.table, {
         log: via(p),
-        onProgress: (row, what, d, t) => p.update(done, { row, [what]: `${d}/${t}` }),
+        onProgress: (row, what, d, t) => p.update(rowIndex(row), { row, [what]: `${d}/${t}` }),
       });
-      done = spec.rows.length + 1;
-      p.update(done);
-      p.stop();
-      log(formatTerminalTable(result.rows, `reranking, test split, ${c.eval.limit} queries, K = ${c.eval.K} (${ctx.description})`));
-    } catch (e) {
-      p.fail(e);
-      throw e;
-    }
+      p.update(spec.rows.length + 1);
+      return r;
+    });
+    log(formatTerminalTable(result.rows, `reranking, test split, ${c.eval.limit} queries, K = ${c.eval.K} (${ctx.description})`));
   }
 
   if (want.has('report')) {

@@ -7,7 +7,7 @@ import { existsSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { init, noGrad, tidyAsync } from '../runtime/index.ts';
 import { CorpusIndex } from '../model/corpus-index.ts';
-import { Icm } from '../model/icm.ts';
+import { Icm, icmCompress } from '../model/icm.ts';
 import { rerankGenerate } from '../model/inspect.ts';
 import { Mllm } from '../model/mllm.ts';
 import { Retriever } from '../model/retriever.ts';
@@ -15,7 +15,6 @@ import { ImageStore, candidateInput, queryInput } from './data/inputs.ts';
 import { formatIssue, readPool } from './data/mbeir.ts';
 import type { MbeirQuery } from './data/mbeir-types.ts';
 import { startProgress } from './progress.ts';
-import { icmCompress } from './sft-stage.ts';
 import { traceMarks } from './report/index.ts';
 
 export interface SearchOptions {

@@ -24,8 +24,7 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { type Tensor, init } from '../runtime/index.ts';
 import { CheckpointError } from '../model/checkpoint.ts';
-import { Icm, ICM_WEIGHTS_FILE, compressHook } from '../model/icm.ts';
-import type { CompressFactory } from '../model/inspect.ts';
+import { Icm, ICM_WEIGHTS_FILE, icmCompress } from '../model/icm.ts';
 import { Mllm, type MllmConfig } from '../model/mllm.ts';
 import type { EmojiAttributes, EmojiQueryAttributes } from './data/emoji-benchmark.ts';
 import { loadBenchmark, readSideTable } from './data/emoji-benchmark.ts';
@@ -101,10 +100,6 @@ export interface SftStageRecord {
 }
 
 /** The ICM as the reranker prompt's compress hook: one ICM pass over a query's candidates. */
-export function icmCompress(model: Mllm, icm: Icm): CompressFactory {
-  return (query, candidates) => compressHook(icm.compressMany(model, query, candidates));
-}
-
 /**
  * Checks that `dir` is a multimodal (reranker) checkpoint folder, with an error that
  * names the folder and says what was found instead. `what` names the option in messages.

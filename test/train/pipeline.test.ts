@@ -67,11 +67,9 @@ describe('pipeline end to end', () => {
     expect(html).toContain('First stage, test split');
 
     const again: string[] = [];
-    const t0 = performance.now();
     await runPipeline({ config, runDir, quiet: true, log: (l) => again.push(l) });
     for (const stage of ['pretrain', 'retriever', 'first-stage', 'align', 'sft', 'grpo']) expect(again.some((l) => l.startsWith(`${stage}: done`)), stage).toBe(true);
     expect(again.filter((l) => / reusing /.test(l)).length).toBeGreaterThanOrEqual(4);
-    expect(performance.now() - t0).toBeLessThan(60_000);
   }, 600_000);
 });
 

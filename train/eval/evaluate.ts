@@ -29,7 +29,8 @@ import { ImageStore, candidateInput, queryInput } from '../data/inputs.ts';
 import type { MbeirCandidate, MbeirQuery } from '../data/mbeir-types.ts';
 import { type BenchmarkMeta, type Issue, checkImages, dropRows, formatIssue, readPool, readQueries, resolveAgainstPool, summarizeLoad, writeTextAtomic } from '../data/mbeir.ts';
 import { rankWithRetriever } from '../retriever.ts';
-import { checkMllmFolder, icmCompress, loadIcmFor } from '../sft-stage.ts';
+import { icmCompress } from '../../model/icm.ts';
+import { checkMllmFolder, loadIcmFor } from '../sft-stage.ts';
 import { taskName } from './recall.ts';
 import { type RerankEvalResult, evaluateRerank } from './rerank.ts';
 
