@@ -203,7 +203,7 @@ export class Retriever implements Embedder {
   }
 
   /** The pooled final hidden state of each sequence [B, D], before the projection (see Pooling). */
-  lastHidden(layouts: readonly SequenceLayout[]): Tensor {
+  pooledHidden(layouts: readonly SequenceLayout[]): Tensor {
     const B = layouts.length;
     const T = Math.max(...layouts.map((l) => l.length));
     const D = this.mllm.config.llm.hidden;
@@ -279,6 +279,6 @@ export class Retriever implements Embedder {
 
   /** Unit-norm embeddings [B, E] of laid-out sequences. */
   embedLayouts(layouts: readonly SequenceLayout[]): Tensor {
-    return l2Normalize(linear(this.lastHidden(layouts), this.proj));
+    return l2Normalize(linear(this.pooledHidden(layouts), this.proj));
   }
 }
