@@ -299,6 +299,8 @@ export interface RerankResult {
   events: InspectEvent[];
   /** Prompt length in LLM positions (compressed candidates count their rows). */
   promptTokens: number;
+  /** The positions of the prompt that hold candidate content (what the ICM compresses). */
+  candidateTokens: number;
   /** The assistant's tokens: the forced prefix, then the sampled ones. */
   tokens: number[];
   /** Log-probabilities of the sampled tokens (with returnLogProbs; the prefix has none). */
@@ -416,6 +418,7 @@ export async function rerankGenerateBatch(model: Mllm, requests: readonly Rerank
         inspections: [...trackers[b].inspections],
         events: [...trackers[b].events],
         promptTokens: prompts[b].layout.length,
+        candidateTokens: prompts[b].layout.spans.reduce((a, s) => a + (s.label.startsWith('cand:') ? s.end - s.start : 0), 0),
         tokens: ids,
         logProbs: res.logProbs?.[b],
         insertedTokens: splices[b].reduce((a, s) => a + s.rows, 0),

@@ -26,6 +26,7 @@ import { type Pooling, Retriever } from '../model/retriever.ts';
 import { getPreset } from '../model/presets.ts';
 import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from './data/emoji-benchmark.ts';
 import { ImageStore } from './data/inputs.ts';
+import { TRACE_STYLES, type TraceStyle } from './data/cot.ts';
 import { evaluateFirstStage } from './eval/first-stage-eval.ts';
 import { formatRecallTable } from './eval/recall.ts';
 import { type TableRowSpec, type TableSpec, formatTerminalTable, runAblationTable } from './eval/table.ts';
@@ -48,12 +49,14 @@ export interface PipelineConfig {
   /** Test queries per task for the first-stage recall table (0 = all). */
   firstStage: { perTask: number };
   align: { steps: number; batch: number; lr: number };
-  sft: { steps: number; batch: number; lr: number };
+  /** traceStyle: the synthetic traces' wording (train/data/cot.ts: full or brief). */
+  sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle };
   grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number };
   /**
    * Reranking evaluation: candidates per query, test queries (spread over the tasks), and
-   * the generation budget. A synthetic trace at K = 16 is about 660 tokens with the tiny
-   * tokenizer, so maxNewTokens (here and for GRPO) must leave room to reach <answer>.
+   * the generation budget. A synthetic trace at K = 16 is about 640 tokens in the full
+   * style and 160 (at most about 300) in the brief one with the tiny tokenizer, so
+   * maxNewTokens (here and for GRPO) must leave room to reach <answer>.
    */
   eval: { K: number; limit: number; maxNewTokens: number };
   /** Train and evaluate the ablation rows too. */
@@ -69,9 +72,9 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean' },
     firstStage: { perTask: 40 },
     align: { steps: 60, batch: 4, lr: 1e-3 },
-    sft: { steps: 120, batch: 4, lr: 1e-3 },
-    grpo: { steps: 4, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 1024, fixedLambda: 0.5 },
-    eval: { K: 16, limit: 12, maxNewTokens: 1024 },
+    sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief' },
+    grpo: { steps: 4, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 384, fixedLambda: 0.5 },
+    eval: { K: 16, limit: 12, maxNewTokens: 384 },
     ablations: false,
   },
   small: {
@@ -82,9 +85,9 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     retriever: { steps: 400, batch: 32, lr: 5e-4, pooling: 'mean' },
     firstStage: { perTask: 0 },
     align: { steps: 150, batch: 8, lr: 1e-3 },
-    sft: { steps: 300, batch: 8, lr: 5e-4 },
-    grpo: { steps: 30, batch: 4, group: 4, lr: 2e-5, maxNewTokens: 1024, fixedLambda: 0.5 },
-    eval: { K: 16, limit: 100, maxNewTokens: 1024 },
+    sft: { steps: 300, batch: 8, lr: 5e-4, traceStyle: 'brief' },
+    grpo: { steps: 30, batch: 4, group: 4, lr: 2e-5, maxNewTokens: 384, fixedLambda: 0.5 },
+    eval: { K: 16, limit: 100, maxNewTokens: 384 },
     ablations: true,
   },
 };
@@ -132,6 +135,7 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   if (!base) throw new Error(`${nameOrFile}: base '${name}' is not a config (${Object.keys(PIPELINE_CONFIGS).join(', ')})`);
   const cfg = merge(base as unknown as Record<string, unknown>, over, nameOrFile) as unknown as PipelineConfig;
   getPreset(cfg.preset);
+  if (!TRACE_STYLES.includes(cfg.sft.traceStyle)) throw new Error(`${nameOrFile}.sft.traceStyle: '${cfg.sft.traceStyle}' is not one of ${TRACE_STYLES.join(', ')}`);
   return cfg;
 }
 

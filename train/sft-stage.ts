@@ -6,7 +6,8 @@
 //
 //   npx tsx train/sft-stage.ts --base <checkpoint> [--icm <align final>] --out runs/sft-tiny
 //     [--data data/emoji-mbeir] [--steps 300] [--batch 4] [--lr 1e-3] [--K 16]
-//     [--max-inspections 3] [--save-every 25] [--seed 1] [--no-icm] [--no-inspect] [--quiet]
+//     [--max-inspections 3] [--trace full|brief] [--save-every 25] [--seed 1] [--no-icm]
+//     [--no-inspect] [--quiet]
 //
 // Choices:
 // - The ICM comes from --icm, else from the base folder when it holds one (an align
@@ -28,6 +29,7 @@ import { Icm, ICM_WEIGHTS_FILE, icmCompress } from '../model/icm.ts';
 import { Mllm, type MllmConfig } from '../model/mllm.ts';
 import type { EmojiAttributes, EmojiQueryAttributes } from './data/emoji-benchmark.ts';
 import { loadBenchmark, readSideTable } from './data/emoji-benchmark.ts';
+import { TRACE_STYLES, type TraceStyle } from './data/cot.ts';
 import { ImageStore } from './data/inputs.ts';
 import { writeTextAtomic } from './data/mbeir.ts';
 import { type SftData, type SftStepInfo, sftTrain } from './sft.ts';
@@ -57,6 +59,8 @@ export interface SftStageOptions {
   K?: number;
   /** Inspections per trace at most (default 3; forced to 0 by noInspect). */
   maxInspections?: number;
+  /** Wording of the synthetic traces (train/data/cot.ts; default full). */
+  traceStyle?: TraceStyle;
   seed?: number;
   /** Checkpoint every n steps (default 25). */
   saveEvery?: number;
@@ -90,6 +94,7 @@ export interface SftStageRecord {
   no_icm: boolean;
   no_inspect: boolean;
   max_inspections: number;
+  trace_style: TraceStyle;
   K: number;
   steps: number;
   batch: number;
@@ -217,6 +222,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       seed,
       K,
       maxInspections,
+      traceStyle: o.traceStyle,
       compress: icm ? icmCompress(model, icm) : undefined,
       compressParams,
       system: o.system,
@@ -249,6 +255,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       no_icm: !icm,
       no_inspect: maxInspections === 0,
       max_inspections: maxInspections,
+      trace_style: o.traceStyle ?? 'full',
       K,
       steps: o.steps,
       batch: o.batch,
@@ -288,6 +295,7 @@ async function main(): Promise<void> {
       lr: { type: 'string', default: '1e-3' },
       K: { type: 'string', default: '16' },
       'max-inspections': { type: 'string', default: '3' },
+      trace: { type: 'string', default: 'full' },
       'save-every': { type: 'string', default: '25' },
       seed: { type: 'string', default: '1' },
       'no-icm': { type: 'boolean', default: false },
@@ -302,6 +310,7 @@ async function main(): Promise<void> {
   };
   if (!a.base) throw new Error('--base <checkpoint folder> is required (e.g. runs/align-tiny/final)');
   if (!a.out) throw new Error('--out <run folder> is required (e.g. runs/sft-tiny)');
+  if (!TRACE_STYLES.includes(a.trace as TraceStyle)) throw new Error(`--trace must be one of ${TRACE_STYLES.join(', ')}, got ${a.trace}`);
   if (a['no-icm'] && a.icm) throw new Error('--icm and --no-icm contradict each other');
   const ctx = await init();
   console.log(`adapter: ${ctx.description}`);
@@ -318,6 +327,7 @@ async function main(): Promise<void> {
     lr: num('lr', a.lr, false),
     K: num('K', a.K),
     maxInspections: num('max-inspections', a['max-inspections']),
+    traceStyle: a.trace as TraceStyle,
     saveEvery: num('save-every', a['save-every']),
     seed: num('seed', a.seed),
     printEvery: quiet ? 50 : 10,

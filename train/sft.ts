@@ -23,7 +23,7 @@ import { loadCheckpointTensors } from '../model/checkpoint.ts';
 import { type CompressFactory, type TraceLayout, maskedTargets, traceLayout } from '../model/inspect.ts';
 import { Mllm } from '../model/mllm.ts';
 import { type CandidateInput, type QueryInput, rerankParts } from '../model/sequence.ts';
-import { type EmojiInfo, type Trace, candidateList, emojiIndex, synthesizeTrace } from './data/cot.ts';
+import { type EmojiInfo, type Trace, type TraceStyle, candidateList, emojiIndex, synthesizeTrace } from './data/cot.ts';
 import type { EmojiAttributes, EmojiQueryAttributes } from './data/emoji-benchmark.ts';
 import { type ImageStore, candidateInput, queryInput } from './data/inputs.ts';
 import type { MbeirCandidate, MbeirQuery } from './data/mbeir-types.ts';
@@ -61,6 +61,8 @@ export interface ExampleOptions {
   /** Mixed into the draws (the training step), so each epoch sees new lists and wordings. */
   draw: number;
   maxInspections: number;
+  /** Trace wording (train/data/cot.ts); default full. */
+  style?: TraceStyle;
 }
 
 /** One example for query `q` (host side; images are preprocessed, nothing runs on the GPU). */
@@ -69,7 +71,7 @@ export function makeSftExample(model: Mllm, data: SftData, emojis: ReadonlyMap<s
   if (!qa) throw new Error(`sft: query ${q.qid} has no row in query_attributes`);
   const pool = data.taskPools.get(q.task_id) ?? [...data.byDid.keys()];
   const ids = candidateList(q, { K: o.K, seed: o.seed, draw: o.draw, firstStage: data.firstStage, pool, attributes: data.attributes });
-  const trace = synthesizeTrace(q, qa, ids, data.attributes, emojis, { seed: o.seed, draw: o.draw, maxInspections: o.maxInspections });
+  const trace = synthesizeTrace(q, qa, ids, data.attributes, emojis, { seed: o.seed, draw: o.draw, maxInspections: o.maxInspections, style: o.style });
   const candidates = ids.map((d) => {
     const c = data.byDid.get(d);
     if (!c) throw new Error(`sft: candidate ${d} of query ${q.qid} is not in the pool`);
@@ -127,6 +129,8 @@ export interface SftOptions {
   K?: number;
   /** Inspections per trace at most (default 3; 0 = traces without inspection). */
   maxInspections?: number;
+  /** Trace wording of the synthetic traces (default full). */
+  traceStyle?: TraceStyle;
   /** The ICM hook factory; absent = full tokens for every candidate. */
   compress?: CompressFactory;
   /** The reranker's system instruction (default: model/sequence.ts DEFAULT_SYSTEM); use the same at evaluation. */
@@ -245,7 +249,7 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
     const emojis = emojiIndex(data.attributes.values());
     source = (step) => {
       const draw = o.redraw === false ? 0 : step;
-      return batchQueries(queries, o.batch, step, o.seed).map((q) => makeSftExample(model, data, emojis, q, { K, seed: o.seed, draw, maxInspections: maxIns }));
+      return batchQueries(queries, o.batch, step, o.seed).map((q) => makeSftExample(model, data, emojis, q, { K, seed: o.seed, draw, maxInspections: maxIns, style: o.traceStyle }));
     };
     what = `${queries.length} training queries, K ${K}`;
   }

@@ -3,7 +3,7 @@
 // inspections are well formed, the answer takes every position, and wording and
 // inspection counts vary.
 import { describe, expect, it } from 'vitest';
-import { candidateList, emojiIndex, synthesizeTrace, type Trace } from '../../train/data/cot.ts';
+import { type Trace, type TraceStyle, candidateList, emojiIndex, synthesizeTrace } from '../../train/data/cot.ts';
 import { type EmojiAttributes, type EmojiQueryAttributes, buildEmojiBenchmark } from '../../train/data/emoji-benchmark.ts';
 import type { MbeirQuery } from '../../train/data/mbeir-types.ts';
 
@@ -19,11 +19,11 @@ const TONE_RE = new RegExp(`(${TONE}(?:, ${TONE})*|no skin tone)`, 'g');
 const NEGATION = /\b(not|rule out|wrong|but)\b/i;
 const ACCEPT = /\b(matches|right one|exactly what)\b/;
 
-function makeTrace(q: MbeirQuery, draw = 0, maxInspections = 3): { cands: string[]; trace: Trace } {
+function makeTrace(q: MbeirQuery, draw = 0, maxInspections = 3, style: TraceStyle = 'full'): { cands: string[]; trace: Trace } {
   // draw 1: no hard negatives given, so the lists hold random same-split items (mostly easy).
   if (draw === 1) q = { ...q, neg_cand_list: [] };
   const cands = candidateList(q, { K, seed: 3, draw, pool: bench.taskPools.get(q.task_id)!, attributes: attrs });
-  return { cands, trace: synthesizeTrace(q, qattrs.get(q.qid)!, cands, attrs, emojis, { seed: 3, draw, maxInspections }) };
+  return { cands, trace: synthesizeTrace(q, qattrs.get(q.qid)!, cands, attrs, emojis, { seed: 3, draw, maxInspections, style }) };
 }
 
 /** Re-derives every claim of a trace from the attributes; returns the list of violations. */
@@ -53,6 +53,15 @@ function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trac
       else if (A(p.i).name !== p.name) fail(s, `candidate ${p.i} is "${A(p.i).name}", not "${p.name}"`);
     }
     for (const m of s.matchAll(/[Cc]andidates? (\d+)/g)) if (!(Number(m[1]) < K)) fail(s, 'index out of range');
+    // Candidates by index only (the brief style): "Candidates 0, 2 and 5 are wrong.".
+    const bareList = /^Candidates? ((?:\d+, )*\d+(?: and \d+)?) (?:is|are) (?:not|wrong)\b/.exec(s);
+    if (bareList) {
+      for (const i of bareList[1].split(/, | and /).map(Number)) {
+        mentioned.add(i);
+        if (!(i < K)) fail(s, `candidate ${i} out of range`);
+        else if (pos.has(cands[i]) || A(i).name === qa.name) fail(s, `candidate ${i} is rejected but matches`);
+      }
+    }
     // Other quoted strings: keywords, or the target (task 6: also the base in the query image).
     const rest = s.replace(/(\d+) \("([^"]+)"\)/g, '#');
     for (const m of rest.matchAll(/"([^"]+)"/g)) {
@@ -92,12 +101,12 @@ function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trac
 }
 
 describe('synthetic chains of thought', () => {
-  it('every sentence is true of the data and the answer is a positive', () => {
+  it.each(['full', 'brief'] as const)('every sentence is true of the data and the answer is a positive (%s)', (style) => {
     const bad: string[] = [];
     let n = 0;
     for (const q of train) {
       for (const draw of [0, 1]) {
-        const { cands, trace } = makeTrace(q, draw);
+        const { cands, trace } = makeTrace(q, draw, 3, style);
         bad.push(...check(q, qattrs.get(q.qid)!, cands, trace));
         n++;
       }
@@ -114,6 +123,10 @@ describe('synthetic chains of thought', () => {
     const forged = { ...trace, sentences: [...trace.sentences, lie] };
     forged.text = `<think>${forged.sentences.join(' ')}</think><answer>${trace.answer}</answer>`;
     expect(check(q, qattrs.get(q.qid)!, cands, forged).length).toBeGreaterThan(0);
+    const brief = makeTrace(q, 0, 3, 'brief').trace;
+    const listed = { ...brief, sentences: [...brief.sentences, `Candidates ${trace.answer === 0 ? '1 and 0' : `0 and ${trace.answer}`} are wrong.`] };
+    listed.text = `<think>${listed.sentences.join(' ')}</think><answer>${brief.answer}</answer>`;
+    expect(check(q, qattrs.get(q.qid)!, cands, listed).some((b) => /rejected but matches/.test(b))).toBe(true);
     const tone = { ...trace, sentences: [...trace.sentences, `Candidate ${wrong} ("${attrs.get(cands[wrong])!.name}") has dark skin tone, but the query asks for light skin tone.`] };
     tone.text = `<think>${tone.sentences.join(' ')}</think><answer>${trace.answer}</answer>`;
     const qa = qattrs.get(q.qid)!;
@@ -140,6 +153,22 @@ describe('synthetic chains of thought', () => {
     expect(new Set([...ins.hard, ...ins.easy])).toEqual(new Set([0, 1, 2, 3]));
     // Without inspection: no markers.
     for (const q of train.slice(0, 50)) expect(makeTrace(q, 0, 0).trace.text).not.toMatch(/inspection-index/);
+  });
+
+  it('the brief style states the same decisions in far fewer characters', () => {
+    let full = 0;
+    let brief = 0;
+    for (const q of train.slice(0, 200)) {
+      const a = makeTrace(q).trace;
+      const b = makeTrace(q, 0, 3, 'brief').trace;
+      // Same list, answer, hard negatives and inspections: only the wording differs.
+      expect({ answer: b.answer, hard: b.hard, inspections: b.inspections }).toEqual({ answer: a.answer, hard: a.hard, inspections: a.inspections });
+      expect(b.sentences[0]).toBe(`Target: "${qattrs.get(q.qid)!.name}".`);
+      full += a.text.length;
+      brief += b.text.length;
+    }
+    expect(brief).toBeLessThan(full * 0.6);
+    expect(() => synthesizeTrace(train[0], qattrs.get(train[0].qid)!, makeTrace(train[0]).cands, attrs, emojis, { seed: 1, style: 'terse' as TraceStyle })).toThrow(/unknown style 'terse'/);
   });
 
   it('candidate lists: first-stage top-K with the positive ensured, or positives + hard negatives + same-split fillers', () => {

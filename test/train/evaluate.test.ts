@@ -96,6 +96,10 @@ describe('evaluateCheckpoint', () => {
     // the positive to the top for the first two, pushes it to rank 2 for the third.
     expect(r.first_stage).toEqual({ 'R@1': 25, 'R@5': 75, 'R@10': 100 });
     expect(r.reranked).toEqual({ 'R@1': 50, 'R@5': 75, 'R@10': 100 });
+    // K = 4: the fourth query's positive (rank 7) is not among its candidates; the reranker
+    // is right on 2 of the 3 that hold one.
+    expect(r.positive_in_candidates).toBe(75);
+    expect(r.reranked_r1_given_positive).toBeCloseTo(200 / 3, 9);
     // Per task: task 1 holds the first two queries, task 6 the other two.
     expect(r.per_task['1']).toMatchObject({ queries: 2, first_stage: { 'R@1': 0, 'R@5': 100 }, reranked: { 'R@1': 100, 'R@5': 100 } });
     expect(r.per_task['6']).toMatchObject({ queries: 2, first_stage: { 'R@1': 50, 'R@5': 50 }, reranked: { 'R@1': 0, 'R@5': 50 } });
@@ -129,6 +133,8 @@ describe('evaluateCheckpoint', () => {
     expect(r.per_query.map((p) => p.qid)).toEqual(queries.map((q) => q.qid));
     const ranked = new Map(r.per_query.map((p) => [p.qid, p.candidates]));
     expect(r.first_stage).toEqual(pct(computeRecall(queries, ranked).micro));
+    // K = the ranking depth, so "a positive among the K" is the first stage's R@10.
+    expect(r.positive_in_candidates).toBeCloseTo(r.first_stage['R@10'], 9);
     const reranked = new Map(r.per_query.map((p) => [p.qid, rerankedOrder(p.candidates, p.answer_id)]));
     expect(r.reranked).toEqual(pct(computeRecall(queries, reranked).micro));
     const localPool = (t: number) => new Set(readFileSync(join(dataDir, `pool_task${t}.jsonl`), 'utf8').trim().split('\n').map((l) => JSON.parse(l).did));
@@ -143,6 +149,10 @@ describe('evaluateCheckpoint', () => {
     const full = await evaluateCheckpoint({ ...base(), K: 10, noIcm: true, firstStage: ranked, limit: 3, maxNewTokens: 1 });
     expect(full.first_stage).toEqual(r.first_stage);
     expect(r.prompt_tokens_mean).toBeLessThan(full.prompt_tokens_mean);
+    expect(r.candidate_tokens_mean).toBe(2 * 10);
+    for (const p of r.per_query) expect(p.candidate_tokens).toBe(20);
+    // The rest of the prompt is the same with or without the ICM.
+    expect(full.candidate_tokens_mean - r.candidate_tokens_mean).toBeCloseTo(full.prompt_tokens_mean - r.prompt_tokens_mean, 9);
   });
 
   it('wrong inputs give clear errors', async () => {
@@ -177,7 +187,7 @@ describe('ablation table', () => {
     const ev = t.evaluations['SFT | full tokens'];
     expect(fsRow).toEqual(firstStageRow(ev));
     expect([fsRow.r1, fsRow.r5]).toEqual([ev.first_stage['R@1'], ev.first_stage['R@5']]);
-    expect(t.rows[1]).toMatchObject({ r1: ev.reranked['R@1'], r5: ev.reranked['R@5'], promptTokens: ev.prompt_tokens_mean, inspections: ev.inspections_mean, rerankMs: ev.rerank_ms_mean, peakGpuBytes: ev.peak_gpu_bytes });
+    expect(t.rows[1]).toMatchObject({ r1: ev.reranked['R@1'], r5: ev.reranked['R@5'], promptTokens: ev.prompt_tokens_mean, candidateTokens: ev.candidate_tokens_mean, formatRate: 100 * ev.format_rate, r1GivenPositive: ev.reranked_r1_given_positive, inspections: ev.inspections_mean, rerankMs: ev.rerank_ms_mean, peakGpuBytes: ev.peak_gpu_bytes });
     expect(t.evaluations['SFT, ICM, no inspection'].inspections_mean).toBe(0);
     // Both rows read the same first stage.
     expect(t.evaluations['SFT, ICM, no inspection'].first_stage).toEqual(ev.first_stage);

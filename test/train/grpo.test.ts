@@ -108,7 +108,7 @@ describe('grpo sampling and teacher forcing', () => {
     const p: GrpoPrompt = { ...prompts(1, 0)[0], correct: [2] };
     const enc = (s: string) => tok.encode(s);
     const result = (ids: number[], inspections: number[], events: RerankResult['events'], answer: number | null, formatOk: boolean): RerankResult =>
-      ({ tokens: ids, inspections, events, answer, formatOk, text: '', promptTokens: 0, insertedTokens: 0, splices: [], finishReason: 'stop' }) as RerankResult;
+      ({ tokens: ids, inspections, events, answer, formatOk, text: '', promptTokens: 0, candidateTokens: 0, insertedTokens: 0, splices: [], finishReason: 'stop' }) as RerankResult;
     const ok = result([], [1], [{ kind: 'inspect', index: 1, at: 3 }], 2, true);
     // 1 + (1 - 0.5 * 1 / 4) = 1.875
     expect(scoreCompletion(p, ok, 0.5)).toEqual({ reward: 1.875, format: 1, correct: true, inspections: 1 });

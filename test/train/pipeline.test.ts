@@ -33,6 +33,8 @@ describe('pipeline config', () => {
     expect(() => loadPipelineConfig(f)).toThrow(/sft: unknown setting 'stpes'/);
     writeFileSync(f, JSON.stringify({ grpo: { steps: '3' } }));
     expect(() => loadPipelineConfig(f)).toThrow(/grpo.steps: expected a number/);
+    writeFileSync(f, JSON.stringify({ sft: { traceStyle: 'terse' } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/sft.traceStyle: 'terse' is not one of full, brief/);
     writeFileSync(f, '{ not json');
     expect(() => loadPipelineConfig(f)).toThrow(/invalid JSON/);
     expect(() => loadPipelineConfig('nope')).toThrow(/neither a config name/);
@@ -48,7 +50,7 @@ describe('pipeline end to end', () => {
       retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'mean' },
       firstStage: { perTask: 2 },
       align: { steps: 2, batch: 2, lr: 1e-3 },
-      sft: { steps: 2, batch: 2, lr: 1e-3 },
+      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief' },
       grpo: { steps: 1, batch: 1, group: 2, lr: 1e-5, maxNewTokens: 12, fixedLambda: 0.5 },
       eval: { K: 4, limit: 2, maxNewTokens: 12 },
       ablations: false,

@@ -21,6 +21,15 @@
 //     sentences that accept one carry none.
 // Wording is drawn from several templates per step with a seeded generator; the number of
 // inspections varies (0..3, more when hard negatives are present).
+//
+// Two styles. `full` names every candidate it rules out and varies its wording: about 660
+// tokens at K = 16 with the tiny tokenizer. `brief` keeps the four steps in fixed, short
+// forms: `Target: "name".`, one sentence ruling out every clearly wrong candidate by index
+// (`Candidates 0, 2 and 5 are wrong.`: wrong because not the target, true by
+// construction; other skin tones of the target's emoji included unless inspected), the
+// inspected ones by name (skin tones compared as in `full`), and the
+// <answer> tag as step (d): about a sixth of the tokens, which a model of a few hundred
+// thousand parameters can learn in minutes and generate cheaply.
 import type { MbeirQuery } from './mbeir-types.ts';
 import type { EmojiAttributes, EmojiQueryAttributes } from './emoji-benchmark.ts';
 import { type SeededRng, type Split, rngFor } from './seeded.ts';
@@ -98,8 +107,13 @@ export function candidateList(q: MbeirQuery, o: CandidateListOptions): string[] 
   return (o.shuffle ?? true) ? rng.shuffle(list) : list;
 }
 
+export type TraceStyle = 'full' | 'brief';
+export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief'];
+
 export interface TraceOptions {
   seed: number;
+  /** Wording (see the opening comment); default full. */
+  style?: TraceStyle;
   /** At most this many inspections (default 3; 0 = a trace without inspection). */
   maxInspections?: number;
   /** Mixed into the seed (e.g. the training step). */
@@ -222,6 +236,22 @@ function accept(rng: SeededRng, c: Info, qa: EmojiQueryAttributes, also = false)
   return rng.pick([`${C} matches the query.`, `${C} is exactly what the query asks for.`, `${C} is the right one.`]);
 }
 
+/** Brief step (a): the ideal result, by name. */
+const briefDescribe = (qa: EmojiQueryAttributes) => `Target: ${q(qa.name)}.`;
+
+/** Brief step (b): every clearly wrong candidate by index, in one sentence. */
+function briefEliminate(items: Info[]): string[] {
+  if (!items.length) return [];
+  const idx = items.map((c) => c.i).sort((x, y) => x - y);
+  return [idx.length === 1 ? `Candidate ${idx[0]} is wrong.` : `Candidates ${listOf(idx.map(String))} are wrong.`];
+}
+
+/** Brief step (c): a hard negative after a look (a different tone is named, anything else is just wrong). */
+function briefCompare(rng: SeededRng, c: Info, qa: EmojiQueryAttributes): string {
+  if (c.sameBase && c.a.skin_tone !== qa.skin_tone) return compare(rng, c, qa);
+  return `${cap(cand(c.i, c.a.name))} is wrong.`;
+}
+
 /**
  * A trace for query `query` over `candidates` (dids, in prompt order). Throws when no
  * candidate is a positive or a candidate has no attributes.
@@ -237,6 +267,8 @@ export function synthesizeTrace(
   if (qa.qid !== query.qid) throw new Error(`synthesizeTrace: query ${query.qid} got the attributes of ${qa.qid}`);
   const rng = rngFor(opts.seed, `trace:${query.qid}:${opts.draw ?? 0}:${candidates.join(',')}`);
   const maxIns = opts.maxInspections ?? 3;
+  const brief = (opts.style ?? 'full') === 'brief';
+  if (!TRACE_STYLES.includes(opts.style ?? 'full')) throw new RangeError(`synthesizeTrace: unknown style '${opts.style}' (${TRACE_STYLES.join(', ')})`);
   const pos = new Set(query.pos_cand_list);
   const infos: Info[] = candidates.map((d, i) => {
     const a = attributes.get(d);
@@ -261,26 +293,31 @@ export function synthesizeTrace(
   if (inspectAnswer) inspected.splice(rng.int(inspected.length + 1), 0, ans);
 
   const toneMatters = infos.some((c) => c.sameBase && c.a.skin_tone !== qa.skin_tone);
-  const sentences = describe(rng, qa, emojis.get(qa.unified), qa.task_id === 6 ? emojis.get(qa.base) : undefined, toneMatters);
+  const sentences = brief ? [briefDescribe(qa)] : describe(rng, qa, emojis.get(qa.unified), qa.task_id === 6 ? emojis.get(qa.base) : undefined, toneMatters);
 
   // (b) the clearly wrong ones, by name; other skin tones of the target's emoji that are
   // not inspected are compared on their tone without a look.
   const notInspected = (c: Info) => !c.positive && !inspected.includes(c);
-  sentences.push(...eliminate(rng, infos.filter((c) => notInspected(c) && !c.sameBase), qa.name));
-  for (const c of infos.filter((c) => notInspected(c) && c.sameBase)) sentences.push(compare(rng, c, qa));
+  // Brief: every negative that is not inspected goes in the one list (other tones too).
+  if (brief) sentences.push(...briefEliminate(infos.filter(notInspected)));
+  else {
+    sentences.push(...eliminate(rng, infos.filter((c) => notInspected(c) && !c.sameBase), qa.name));
+    for (const c of infos.filter((c) => notInspected(c) && c.sameBase)) sentences.push(compare(rng, c, qa));
+  }
 
   // (c) inspections.
   for (const c of inspected) {
-    const intro = rng.pick([`${cap(`candidate ${c.i}`)} needs a closer look.`, `Let me inspect candidate ${c.i}.`, `I will check the details of candidate ${c.i}.`, '']);
+    const intro = brief ? '' : rng.pick([`${cap(`candidate ${c.i}`)} needs a closer look.`, `Let me inspect candidate ${c.i}.`, `I will check the details of candidate ${c.i}.`, '']);
     if (intro) sentences.push(intro);
     sentences.push(`${INSPECT_START}${c.i}${INSPECT_END}`);
-    sentences.push(c.positive ? accept(rng, c, qa) : compare(rng, c, qa));
+    sentences.push(c.positive ? accept(rng, c, qa) : brief ? briefCompare(rng, c, qa) : compare(rng, c, qa));
   }
 
   // (d) the answer.
   for (const c of infos) if (c.positive && c !== ans) sentences.push(accept(rng, c, qa, true));
-  if (!inspected.includes(ans) && rng.next() < 0.7) sentences.push(accept(rng, ans, qa));
-  sentences.push(rng.pick([`So the answer is candidate ${answer}.`, `The best match is candidate ${answer}.`, `Candidate ${answer} is the best match.`, `Therefore I choose candidate ${answer}.`]));
+  if (!brief && !inspected.includes(ans) && rng.next() < 0.7) sentences.push(accept(rng, ans, qa));
+  // Brief: the <answer> tag alone states step (d).
+  if (!brief) sentences.push(rng.pick([`So the answer is candidate ${answer}.`, `The best match is candidate ${answer}.`, `Candidate ${answer} is the best match.`, `Therefore I choose candidate ${answer}.`]));
 
   const text = `<think>${sentences.join(' ')}</think><answer>${answer}</answer>`;
   return { text, answer, inspections: inspected.map((c) => c.i), hard: hard.map((c) => c.i), sentences };

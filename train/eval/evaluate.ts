@@ -94,6 +94,8 @@ export interface QueryTrace {
   /** The reasoning trace as generated. */
   text: string;
   prompt_tokens: number;
+  /** Prompt positions holding candidate content (2 per candidate with the ICM). */
+  candidate_tokens: number;
   generated_tokens: number;
   ms: number;
   format_ok: boolean;
@@ -118,7 +120,12 @@ export interface EvaluationResult {
   first_stage: RecallAtK;
   reranked: RecallAtK;
   per_task: Record<string, { task: string; queries: number; first_stage: RecallAtK; reranked: RecallAtK }>;
+  /** Percent of queries whose K candidates hold a positive: the most R@1 reranking can reach. */
+  positive_in_candidates: number;
+  /** R@1 (percent) over those queries only; null when there are none. */
+  reranked_r1_given_positive: number | null;
   prompt_tokens_mean: number;
+  candidate_tokens_mean: number;
   inspections_mean: number;
   rerank_ms_mean: number;
   peak_gpu_bytes: number;
@@ -260,6 +267,23 @@ export async function firstStageRankings(o: {
   }
 }
 
+type Reachable = Pick<QueryTrace, 'candidates' | 'positives'>;
+const reachable = (p: Reachable) => p.candidates.some((d) => p.positives.includes(d));
+
+/** Percent of queries whose candidate list holds a positive. */
+export function positiveInCandidates(perQuery: readonly Reachable[]): number {
+  return (100 * perQuery.filter(reachable).length) / Math.max(1, perQuery.length);
+}
+
+/**
+ * The reranker's R@1 over the queries whose list holds a positive (percent; null when
+ * none does): how well it picks when it can, apart from the first stage's misses.
+ */
+export function rerankedR1GivenPositive(perQuery: readonly (Reachable & Pick<QueryTrace, 'correct'>)[]): number | null {
+  const can = perQuery.filter(reachable);
+  return can.length ? (100 * can.filter((p) => p.correct).length) / can.length : null;
+}
+
 /** The JSON fields of an evaluation from evaluateRerank's result. */
 export function evaluationFields(r: RerankEvalResult, firstStage: ReadonlyMap<string, readonly string[]>, queries: readonly MbeirQuery[], K: number) {
   const byQid = new Map(queries.map((q) => [q.qid, q]));
@@ -280,6 +304,7 @@ export function evaluationFields(r: RerankEvalResult, firstStage: ReadonlyMap<st
     correct: p.correct,
     text: p.text,
     prompt_tokens: p.promptTokens,
+    candidate_tokens: p.candidateTokens,
     generated_tokens: p.generatedTokens,
     ms: p.ms,
     format_ok: p.formatOk,
@@ -290,7 +315,10 @@ export function evaluationFields(r: RerankEvalResult, firstStage: ReadonlyMap<st
     first_stage: pct(r.firstStage.micro),
     reranked: pct(r.recall.micro),
     per_task: perTask,
+    positive_in_candidates: positiveInCandidates(per_query),
+    reranked_r1_given_positive: rerankedR1GivenPositive(per_query),
     prompt_tokens_mean: r.meanPromptTokens,
+    candidate_tokens_mean: r.meanCandidateTokens,
     inspections_mean: r.meanInspections,
     rerank_ms_mean: r.latencyMsPerQuery,
     peak_gpu_bytes: r.peakGpuBytes,

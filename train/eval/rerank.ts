@@ -53,6 +53,7 @@ export interface RerankQueryResult {
   correct: boolean;
   inspections: number[];
   promptTokens: number;
+  candidateTokens: number;
   generatedTokens: number;
   insertedTokens: number;
   formatOk: boolean;
@@ -66,6 +67,8 @@ export interface RerankEvalResult {
   recall: RecallReport;
   firstStage: RecallReport;
   meanPromptTokens: number;
+  /** Prompt positions that hold candidate content (K x 2 with the ICM). */
+  meanCandidateTokens: number;
   /** Mean N_ins (spliced inspections) per query. */
   meanInspections: number;
   meanGeneratedTokens: number;
@@ -145,6 +148,7 @@ export async function evaluateRerank(o: RerankEvalOptions): Promise<RerankEvalRe
         correct: answerId !== null && q.pos_cand_list.includes(answerId),
         inspections: r.inspections,
         promptTokens: r.promptTokens,
+        candidateTokens: r.candidateTokens,
         generatedTokens: r.tokens.length,
         insertedTokens: r.insertedTokens,
         formatOk: r.formatOk,
@@ -162,6 +166,7 @@ export async function evaluateRerank(o: RerankEvalOptions): Promise<RerankEvalRe
     recall: computeRecall(queries, rankings, ks),
     firstStage: computeRecall(queries, firstRankings, ks),
     meanPromptTokens: mean((r) => r.promptTokens),
+    meanCandidateTokens: mean((r) => r.candidateTokens),
     meanInspections: mean((r) => r.inspections.length),
     meanGeneratedTokens: mean((r) => r.generatedTokens),
     meanInsertedTokens: mean((r) => r.insertedTokens),

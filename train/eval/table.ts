@@ -23,7 +23,7 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { init } from '../../runtime/index.ts';
 import { formatIssue, writeTextAtomic } from '../data/mbeir.ts';
-import { type EvaluationResult, evaluateCheckpoint, firstStageRankings, loadEvalData, localTaskPools, spreadLimit } from './evaluate.ts';
+import { type EvaluationResult, evaluateCheckpoint, positiveInCandidates, rerankedR1GivenPositive, firstStageRankings, loadEvalData, localTaskPools, spreadLimit } from './evaluate.ts';
 
 export interface AblationRow {
   name: string;
@@ -33,6 +33,12 @@ export interface AblationRow {
   r5: number;
   /** null = not applicable (the first stage alone). */
   promptTokens: number | null;
+  /** Prompt positions holding candidate content (null for the first stage, or a row saved before this column). */
+  candidateTokens: number | null;
+  /** Percent of queries answered as <think>...</think><answer>i</answer>. */
+  formatRate: number | null;
+  /** R@1 over the queries whose K candidates hold a positive (percent). */
+  r1GivenPositive: number | null;
   inspections: number | null;
   rerankMs: number | null;
   peakGpuBytes: number | null;
@@ -46,6 +52,9 @@ export function rowFromEvaluation(name: string, e: EvaluationResult): AblationRo
     r1: e.reranked['R@1'],
     r5: e.reranked['R@5'],
     promptTokens: e.prompt_tokens_mean,
+    candidateTokens: e.candidate_tokens_mean ?? null,
+    formatRate: e.format_rate * 100,
+    r1GivenPositive: rerankedR1GivenPositive(e.per_query),
     inspections: e.inspections_mean,
     rerankMs: e.rerank_ms_mean,
     peakGpuBytes: e.peak_gpu_bytes,
@@ -54,16 +63,17 @@ export function rowFromEvaluation(name: string, e: EvaluationResult): AblationRo
 
 /** The first stage's own row, from any evaluation over the same queries and first stage. */
 export function firstStageRow(e: EvaluationResult, name = 'First stage alone'): AblationRow {
-  return { name, queries: e.queries, r1: e.first_stage['R@1'], r5: e.first_stage['R@5'], promptTokens: null, inspections: null, rerankMs: null, peakGpuBytes: e.first_stage_peak_gpu_bytes };
+  return { name, queries: e.queries, r1: e.first_stage['R@1'], r5: e.first_stage['R@5'], promptTokens: null, candidateTokens: null, formatRate: null, r1GivenPositive: null, inspections: null, rerankMs: null, peakGpuBytes: e.first_stage_peak_gpu_bytes };
 }
 
-export const TABLE_COLUMNS = ['R@1 (%)', 'R@5 (%)', 'prompt tokens / query', 'N_ins / query', 'rerank ms / query', 'peak GPU MiB'] as const;
+export const TABLE_COLUMNS = ['R@1 (%)', 'R@5 (%)', 'prompt tokens / query', 'candidate tokens / query', 'N_ins / query', 'rerank ms / query', 'peak GPU MiB', 'answered in format (%)', 'R@1 when a positive is among the K (%)'] as const;
 const NA = 'n/a';
 
 /** The cells of a row, as text, in TABLE_COLUMNS order. */
 export function rowCells(r: AblationRow): string[] {
   const f = (v: number | null, digits: number) => (v === null || !Number.isFinite(v) ? NA : v.toFixed(digits));
-  return [f(r.r1, 1), f(r.r5, 1), f(r.promptTokens, 0), f(r.inspections, 2), f(r.rerankMs, 0), r.peakGpuBytes === null ? NA : (r.peakGpuBytes / 2 ** 20).toFixed(0)];
+  const mib = r.peakGpuBytes === null ? NA : (r.peakGpuBytes / 2 ** 20).toFixed(0);
+  return [f(r.r1, 1), f(r.r5, 1), f(r.promptTokens, 0), f(r.candidateTokens ?? null, 0), f(r.inspections, 2), f(r.rerankMs, 0), mib, f(r.formatRate ?? null, 0), f(r.r1GivenPositive ?? null, 1)];
 }
 
 /** A Markdown table (rows in the given order); `caption` goes above it. */
@@ -267,7 +277,8 @@ export async function runAblationTable(
     rows.push(rowFromEvaluation(r.name, ev));
   }
   const any = Object.values(evaluations)[0];
-  const caption = `${any.queries} queries of ${c.queries}, K = ${K}, first stage ${c.retriever} (${fs.pools}); adapter: ${any.adapter}`;
+  const ceiling = `, a positive among the K for ${positiveInCandidates(any.per_query).toFixed(1)}% of them (the most R@1 can reach)`;
+  const caption = `${any.queries} queries of ${c.queries}, K = ${K}${ceiling}, first stage ${c.retriever} (${fs.pools}); adapter: ${any.adapter}`;
   const files = await saveAblationTable(outDir, rows, { caption, queries_file: resolve(c.queries), K, queries: any.queries, adapter: any.adapter, row_files: Object.fromEntries(spec.rows.map((r) => [r.name, join(outDir, 'rows', `${slug(r.name)}.json`)])) }, caption);
   return { rows, evaluations, files, markdown: formatMarkdownTable(rows, caption) };
 }
