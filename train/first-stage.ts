@@ -6,6 +6,7 @@
 //
 //   npm run first-stage -- [--preset tiny] [--run runs/first-stage-tiny] [--pretrain-steps 300]
 //                          [--retriever-steps 300] [--batch 16] [--pooling mean|last]
+//                          [--batching mixed|task]
 //                          [--eval-per-task 0 (all)] [--seed 1] [--quiet]
 //
 // Every stage resumes from its checkpoint when interrupted, and is skipped when its
@@ -14,6 +15,7 @@ import { parseArgs } from 'node:util';
 import type { Pooling } from '../model/retriever.ts';
 import { getPreset } from '../model/presets.ts';
 import { PIPELINE_CONFIGS, type PipelineConfig, runPipeline } from './pipeline.ts';
+import { RETRIEVER_BATCHINGS, type RetrieverBatching } from './retriever.ts';
 
 const { values: a } = parseArgs({
   options: {
@@ -24,6 +26,7 @@ const { values: a } = parseArgs({
     'retriever-steps': { type: 'string', default: '300' },
     batch: { type: 'string', default: '16' },
     pooling: { type: 'string', default: 'mean' },
+    batching: { type: 'string', default: 'mixed' },
     'eval-per-task': { type: 'string', default: '0' },
     seed: { type: 'string', default: '1' },
     quiet: { type: 'boolean', default: false },
@@ -36,6 +39,7 @@ const num = (name: string, v: string | undefined, min = 0): number => {
 };
 const preset = getPreset(a.preset!);
 if (a.pooling !== 'mean' && a.pooling !== 'last') throw new Error(`--pooling must be mean or last, got ${a.pooling}`);
+if (!RETRIEVER_BATCHINGS.includes(a.batching as RetrieverBatching)) throw new Error(`--batching must be one of ${RETRIEVER_BATCHINGS.join(', ')}, got ${a.batching}`);
 const batch = num('batch', a.batch, 2);
 const base = PIPELINE_CONFIGS[preset.name] ?? PIPELINE_CONFIGS.tiny;
 const config: PipelineConfig = {
@@ -44,7 +48,7 @@ const config: PipelineConfig = {
   data: a.data!,
   seed: num('seed', a.seed),
   pretrain: { steps: num('pretrain-steps', a['pretrain-steps'], 1), batch, lr: 3e-3 },
-  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling },
+  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching },
   firstStage: { perTask: num('eval-per-task', a['eval-per-task']) },
 };
 await runPipeline({

@@ -31,7 +31,7 @@ import { evaluateFirstStage } from './eval/first-stage-eval.ts';
 import { formatRecallTable } from './eval/recall.ts';
 import { type TableRowSpec, type TableSpec, formatTerminalTable, runAblationTable } from './eval/table.ts';
 import { pretrain } from './pretrain.ts';
-import { arrayTripleSource, benchmarkTriples, trainRetriever } from './retriever.ts';
+import { type RetrieverBatching, RETRIEVER_BATCHINGS, benchmarkTripleSource, trainRetriever } from './retriever.ts';
 import { alignIcm } from './align.ts';
 import { runSftStage } from './sft-stage.ts';
 import { grpoTrain, loadGrpoData, loadGrpoModels } from './grpo.ts';
@@ -45,7 +45,8 @@ export interface PipelineConfig {
   data: string;
   seed: number;
   pretrain: { steps: number; batch: number; lr: number };
-  retriever: { steps: number; batch: number; lr: number; pooling: Pooling };
+  /** batching: 'mixed' (any task in a batch) or 'task' (one task per batch, tasks in turn). */
+  retriever: { steps: number; batch: number; lr: number; pooling: Pooling; batching: RetrieverBatching };
   /** Test queries per task for the first-stage recall table (0 = all). */
   firstStage: { perTask: number };
   align: { steps: number; batch: number; lr: number };
@@ -69,7 +70,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 300, batch: 16, lr: 3e-3 },
-    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean' },
+    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed' },
     firstStage: { perTask: 40 },
     align: { steps: 60, batch: 4, lr: 1e-3 },
     sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief' },
@@ -82,7 +83,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 600, batch: 16, lr: 2e-3 },
-    retriever: { steps: 400, batch: 32, lr: 5e-4, pooling: 'mean' },
+    retriever: { steps: 400, batch: 32, lr: 5e-4, pooling: 'mean', batching: 'mixed' },
     firstStage: { perTask: 0 },
     align: { steps: 150, batch: 8, lr: 1e-3 },
     sft: { steps: 300, batch: 8, lr: 5e-4, traceStyle: 'brief' },
@@ -135,6 +136,7 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   if (!base) throw new Error(`${nameOrFile}: base '${name}' is not a config (${Object.keys(PIPELINE_CONFIGS).join(', ')})`);
   const cfg = merge(base as unknown as Record<string, unknown>, over, nameOrFile) as unknown as PipelineConfig;
   getPreset(cfg.preset);
+  if (!RETRIEVER_BATCHINGS.includes(cfg.retriever.batching)) throw new Error(`${nameOrFile}.retriever.batching: '${cfg.retriever.batching}' is not one of ${RETRIEVER_BATCHINGS.join(', ')}`);
   if (!TRACE_STYLES.includes(cfg.sft.traceStyle)) throw new Error(`${nameOrFile}.sft.traceStyle: '${cfg.sft.traceStyle}' is not one of ${TRACE_STYLES.join(', ')}`);
   return cfg;
 }
@@ -254,9 +256,8 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
   // First-stage retriever.
   if (want.has('retriever') && !hasModel(s.retriever)) {
     const base = input(s.pretrain, 'the pre-trained base model', 'retriever');
-    const triples = benchmarkTriples(bench.queries.train, byDid, images, c.seed);
     await run('retriever', c.retriever.steps, async (p) => {
-      const { retriever } = await trainRetriever(() => Retriever.fromBase(base, 64, c.seed, undefined, c.retriever.pooling), arrayTripleSource(triples, c.seed), {
+      const { retriever } = await trainRetriever(() => Retriever.fromBase(base, 64, c.seed, undefined, c.retriever.pooling), benchmarkTripleSource(bench.queries.train, byDid, images, c.seed, c.retriever.batching), {
         steps: c.retriever.steps,
         batchSize: c.retriever.batch,
         lr: c.retriever.lr,

@@ -94,6 +94,30 @@ export function arrayTripleSource(triples: readonly Triple[], seed = 0): TripleS
   };
 }
 
+/**
+ * Batches drawn from one task at a time: step s takes the task at s mod T (tasks in
+ * ascending id, those with fewer triples than a batch left out) and that task's own
+ * seeded order (arrayTripleSource), so every task gets the same share of steps. Within a
+ * batch the candidates are then all of one kind (all names for text -> text), and the
+ * loss cannot be lowered by telling a text candidate from an image one: with mixed
+ * batches most in-batch negatives of a text -> text query are images.
+ */
+export function taskBatchedTripleSource(triples: readonly Triple[], taskOf: readonly number[], seed = 0): TripleSource {
+  if (taskOf.length !== triples.length) throw new RangeError(`taskBatchedTripleSource: ${triples.length} triples but ${taskOf.length} task ids`);
+  const byTask = new Map<number, Triple[]>();
+  triples.forEach((t, i) => (byTask.get(taskOf[i]) ?? byTask.set(taskOf[i], []).get(taskOf[i])!).push(t));
+  const tasks = [...byTask.keys()].sort((x, y) => x - y);
+  const sources = new Map(tasks.map((t) => [t, arrayTripleSource(byTask.get(t)!, seed * 31 + t)]));
+  return {
+    batch(step: number, size: number) {
+      const usable = tasks.filter((t) => byTask.get(t)!.length >= size);
+      if (!usable.length) throw new RangeError(`taskBatchedTripleSource: no task has ${size} triples (sizes ${tasks.map((t) => `${t}: ${byTask.get(t)!.length}`).join(', ')})`);
+      const task = usable[step % usable.length];
+      return sources.get(task)!.batch(Math.floor(step / usable.length), size);
+    },
+  };
+}
+
 export interface RetrieverTrainOptions {
   steps: number;
   batchSize: number;
@@ -323,6 +347,17 @@ export async function rankWithRetriever(
  * Training triples from benchmark queries: each query with one of its positives (seeded
  * draw) and, when it has hard negatives, one of them.
  */
+export type RetrieverBatching = 'mixed' | 'task';
+export const RETRIEVER_BATCHINGS: readonly RetrieverBatching[] = ['mixed', 'task'];
+
+/** The benchmark's training triples as a source: mixed batches, or one task per batch. */
+export function benchmarkTripleSource(queries: readonly MbeirQuery[], byDid: ReadonlyMap<string, MbeirCandidate>, images: ImageStore, seed: number, batching: RetrieverBatching): TripleSource {
+  const triples = benchmarkTriples(queries, byDid, images, seed);
+  if (batching === 'task') return taskBatchedTripleSource(triples, queries.map((q) => q.task_id), seed);
+  if (batching === 'mixed') return arrayTripleSource(triples, seed);
+  throw new RangeError(`retriever batching '${batching}' is not one of ${RETRIEVER_BATCHINGS.join(', ')}`);
+}
+
 export function benchmarkTriples(queries: readonly MbeirQuery[], byDid: ReadonlyMap<string, MbeirCandidate>, images: ImageStore, seed: number): Triple[] {
   const rng = new Rng(seed + 7);
   return queries.map((q) => {

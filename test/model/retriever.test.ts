@@ -12,7 +12,7 @@ import { Mllm, type MllmConfig } from '../../model/mllm.ts';
 import { PRESETS, withVocab } from '../../model/presets.ts';
 import { DEFAULT_PROMPT, Retriever, l2Normalize } from '../../model/retriever.ts';
 import { trainBpe } from '../../model/tokenizer.ts';
-import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankWithRetriever, trainRetriever } from '../../train/retriever.ts';
+import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankWithRetriever, taskBatchedTripleSource, trainRetriever } from '../../train/retriever.ts';
 import { computeRecall } from '../../train/eval/recall.ts';
 import { expectClose } from '../helpers.ts';
 
@@ -179,6 +179,23 @@ describe('retriever training', () => {
     logits.dispose();
     targets.dispose();
     r.dispose();
+  });
+
+  it('task-batched triples: one task per batch, tasks in turn, each task in its own seeded order, deterministic', () => {
+    // 10 triples of task 3, 6 of task 1, 2 of task 6 (too few for a batch of 3).
+    const tasks = [...Array(10).fill(3), ...Array(6).fill(1), 6, 6];
+    const ts: Triple[] = tasks.map((t, i) => ({ query: { text: `q${i}` }, positive: { text: `p${i}` }, positiveId: `t${t}:${i}` }));
+    const src = taskBatchedTripleSource(ts, tasks, 5);
+    const taskOfBatch = (b: Triple[]) => [...new Set(b.map((t) => t.positiveId!.split(':')[0]))];
+    const batches = Array.from({ length: 8 }, (_, s) => src.batch(s, 3) as Triple[]);
+    expect(batches.map(taskOfBatch)).toEqual([['t1'], ['t3'], ['t1'], ['t3'], ['t1'], ['t3'], ['t1'], ['t3']]);
+    // Task 1 has 6 triples: its first two batches (steps 0 and 2) are one epoch, each triple once.
+    expect(new Set([...batches[0], ...batches[2]].map((t) => t.positiveId)).size).toBe(6);
+    // Task 3: three batches per epoch (steps 1, 3, 5) without repeats.
+    expect(new Set([...batches[1], ...batches[3], ...batches[5]].map((t) => t.positiveId)).size).toBe(9);
+    expect(taskBatchedTripleSource(ts, tasks, 5).batch(5, 3)).toEqual(batches[5]);
+    expect(() => taskBatchedTripleSource(ts, tasks.slice(1))).toThrow(/18 triples but 17 task ids/);
+    expect(() => src.batch(0, 11)).toThrow(/no task has 11 triples/);
   });
 
   it('InfoNCE on a tiny synthetic task reaches in-batch accuracy 1 and Recall@1 far above random', async () => {

@@ -187,6 +187,9 @@ describe('ablation table', () => {
     const ev = t.evaluations['SFT | full tokens'];
     expect(fsRow).toEqual(firstStageRow(ev));
     expect([fsRow.r1, fsRow.r5]).toEqual([ev.first_stage['R@1'], ev.first_stage['R@5']]);
+    // Every first-stage top-1 hit is a query with a positive among the K.
+    if (ev.positive_in_candidates > 0) expect(fsRow.r1GivenPositive).toBeCloseTo((100 * fsRow.r1) / ev.positive_in_candidates, 9);
+    else expect(fsRow.r1GivenPositive).toBeNull();
     expect(t.rows[1]).toMatchObject({ r1: ev.reranked['R@1'], r5: ev.reranked['R@5'], promptTokens: ev.prompt_tokens_mean, candidateTokens: ev.candidate_tokens_mean, formatRate: 100 * ev.format_rate, r1GivenPositive: ev.reranked_r1_given_positive, inspections: ev.inspections_mean, rerankMs: ev.rerank_ms_mean, peakGpuBytes: ev.peak_gpu_bytes });
     expect(t.evaluations['SFT, ICM, no inspection'].inspections_mean).toBe(0);
     // Both rows read the same first stage.

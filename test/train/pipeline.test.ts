@@ -47,7 +47,7 @@ describe('pipeline end to end', () => {
       ...PIPELINE_CONFIGS.tiny,
       data: join(dir, 'data'),
       pretrain: { steps: 3, batch: 4, lr: 3e-3 },
-      retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'mean' },
+      retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'mean', batching: 'task' },
       firstStage: { perTask: 2 },
       align: { steps: 2, batch: 2, lr: 1e-3 },
       sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief' },

@@ -61,9 +61,14 @@ export function rowFromEvaluation(name: string, e: EvaluationResult): AblationRo
   };
 }
 
+/** The first stage's R@1 over the queries whose K candidates hold a positive (its top 1 is candidate 0). */
+function firstStageR1GivenPositive(perQuery: EvaluationResult['per_query']): number | null {
+  return rerankedR1GivenPositive(perQuery.map((p) => ({ ...p, correct: p.positives.includes(p.candidates[0]) })));
+}
+
 /** The first stage's own row, from any evaluation over the same queries and first stage. */
 export function firstStageRow(e: EvaluationResult, name = 'First stage alone'): AblationRow {
-  return { name, queries: e.queries, r1: e.first_stage['R@1'], r5: e.first_stage['R@5'], promptTokens: null, candidateTokens: null, formatRate: null, r1GivenPositive: null, inspections: null, rerankMs: null, peakGpuBytes: e.first_stage_peak_gpu_bytes };
+  return { name, queries: e.queries, r1: e.first_stage['R@1'], r5: e.first_stage['R@5'], promptTokens: null, candidateTokens: null, formatRate: null, r1GivenPositive: firstStageR1GivenPositive(e.per_query), inspections: null, rerankMs: null, peakGpuBytes: e.first_stage_peak_gpu_bytes };
 }
 
 export const TABLE_COLUMNS = ['R@1 (%)', 'R@5 (%)', 'prompt tokens / query', 'candidate tokens / query', 'N_ins / query', 'rerank ms / query', 'peak GPU MiB', 'answered in format (%)', 'R@1 when a positive is among the K (%)'] as const;
