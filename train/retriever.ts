@@ -343,10 +343,6 @@ export async function rankWithRetriever(
   }
 }
 
-/**
- * Training triples from benchmark queries: each query with one of its positives (seeded
- * draw) and, when it has hard negatives, one of them.
- */
 export type RetrieverBatching = 'mixed' | 'task';
 export const RETRIEVER_BATCHINGS: readonly RetrieverBatching[] = ['mixed', 'task'];
 
@@ -358,6 +354,10 @@ export function benchmarkTripleSource(queries: readonly MbeirQuery[], byDid: Rea
   throw new RangeError(`retriever batching '${batching}' is not one of ${RETRIEVER_BATCHINGS.join(', ')}`);
 }
 
+/**
+ * Training triples from benchmark queries: each query with one of its positives (seeded
+ * draw) and, when it has hard negatives, one of them.
+ */
 export function benchmarkTriples(queries: readonly MbeirQuery[], byDid: ReadonlyMap<string, MbeirCandidate>, images: ImageStore, seed: number): Triple[] {
   const rng = new Rng(seed + 7);
   return queries.map((q) => {

@@ -33,6 +33,8 @@ describe('pipeline config', () => {
     expect(() => loadPipelineConfig(f)).toThrow(/sft: unknown setting 'stpes'/);
     writeFileSync(f, JSON.stringify({ grpo: { steps: '3' } }));
     expect(() => loadPipelineConfig(f)).toThrow(/grpo.steps: expected a number/);
+    writeFileSync(f, JSON.stringify({ retriever: { batching: 'tasks' } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/retriever.batching: 'tasks' is not one of mixed, task/);
     writeFileSync(f, JSON.stringify({ sft: { traceStyle: 'terse' } }));
     expect(() => loadPipelineConfig(f)).toThrow(/sft.traceStyle: 'terse' is not one of full, brief/);
     writeFileSync(f, '{ not json');

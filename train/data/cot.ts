@@ -22,14 +22,14 @@
 // Wording is drawn from several templates per step with a seeded generator; the number of
 // inspections varies (0..3, more when hard negatives are present).
 //
-// Two styles. `full` names every candidate it rules out and varies its wording: about 660
+// Two styles. `full` names every candidate it rules out and varies its wording: about 640
 // tokens at K = 16 with the tiny tokenizer. `brief` keeps the four steps in fixed, short
 // forms: `Target: "name".`, one sentence ruling out every clearly wrong candidate by index
 // (`Candidates 0, 2 and 5 are wrong.`: wrong because not the target, true by
 // construction; other skin tones of the target's emoji included unless inspected), the
 // inspected ones by name (skin tones compared as in `full`), and the
-// <answer> tag as step (d): about a sixth of the tokens, which a model of a few hundred
-// thousand parameters can learn in minutes and generate cheaply.
+// <answer> tag as step (d): about 160 tokens, a quarter, so a training step and a
+// generated answer cost a quarter too.
 import type { MbeirQuery } from './mbeir-types.ts';
 import type { EmojiAttributes, EmojiQueryAttributes } from './emoji-benchmark.ts';
 import { type SeededRng, type Split, rngFor } from './seeded.ts';
