@@ -1,0 +1,61 @@
+// Diagnostic: SFT whose assistant turn is only `<think></think><answer>i</answer>` (no chain
+// of thought), on the same candidate lists as the SFT stage, to tell apart "the model cannot
+// learn to pick from the compressed candidates" from "the chain of thought is in the way".
+// Evaluate the result on the VALIDATION split with `retrv eval` (e.g. on the task 4 and 6
+// queries of queries_val.jsonl); never tune on the test split.
+//
+//   npx tsx train/experiments/sft-answer-only.ts --base <align final> [--steps 600]
+//     [--batch 8] [--lr 1e-3] [--out runs/sft-answer-only]
+import { parseArgs } from 'node:util';
+import { init } from '../../runtime/index.ts';
+import { Icm, icmCompress } from '../../model/icm.ts';
+import { Mllm } from '../../model/mllm.ts';
+import { emojiIndex } from '../data/cot.ts';
+import { batchQueries, makeSftExample, sftTrain, usableQueries } from '../sft.ts';
+import { loadSftData } from '../sft-stage.ts';
+
+const { values: a } = parseArgs({
+  options: {
+    base: { type: 'string' },
+    steps: { type: 'string', default: '600' },
+    batch: { type: 'string', default: '8' },
+    lr: { type: 'string', default: '1e-3' },
+    data: { type: 'string', default: 'data/emoji-mbeir' },
+    out: { type: 'string', default: 'runs/sft-answer-only' },
+  },
+});
+if (!a.base) throw new Error('--base <align final: a model with its ICM> is required');
+const [steps, batch, lr] = [Number(a.steps), Number(a.batch), Number(a.lr)];
+for (const [k, v] of [['steps', steps], ['batch', batch], ['lr', lr]] as const) if (!(v > 0)) throw new Error(`--${k} must be positive, got ${a[k]}`);
+await init();
+const model = await Mllm.load(a.base);
+const icm = await Icm.load(a.base);
+if (!icm) throw new Error(`${a.base} holds no ICM (icm.safetensors + icm.json): give an align final`);
+const data = await loadSftData(a.data!, model);
+const emojis = emojiIndex(data.attributes.values());
+const queries = usableQueries(data);
+await sftTrain({
+  model,
+  runDir: a.out!,
+  steps,
+  batch,
+  lr,
+  seed: 1,
+  K: 16,
+  maxInspections: 0,
+  compress: icmCompress(model, icm),
+  compressParams: icm.parameterList(),
+  saveEvery: 50,
+  // The SFT stage's examples (same lists, answer positions and draws), with the trace cut to the answer.
+  examples: (step) =>
+    batchQueries(queries, batch, step, 1).map((q) => {
+      const ex = makeSftExample(model, data, emojis, q, { K: 16, seed: 1, draw: step, maxInspections: 0, style: 'brief' });
+      const text = `<think></think><answer>${ex.trace.answer}</answer>`;
+      return { ...ex, trace: { ...ex.trace, text, inspections: [], sentences: [] }, traceIds: [...model.tokenizer.encode(text), model.tokenizer.specialIds.imEnd] };
+    }),
+  onStep: (s) => {
+    if (s.step % 50 === 0 || s.step + 1 === steps) console.log(`step ${s.step + 1}/${steps}  loss ${s.loss.toFixed(3)}  ${s.ms.toFixed(0)} ms`);
+  },
+});
+await icm.save(`${a.out}/final`);
+console.log(`done: ${a.out}/final`);
