@@ -5,7 +5,9 @@
 // queries of queries_val.jsonl); never tune on the test split.
 //
 //   npx tsx train/experiments/sft-answer-only.ts --base <align final> [--steps 600]
-//     [--batch 8] [--lr 1e-3] [--out runs/sft-answer-only]
+//     [--batch 8] [--lr 1e-3] [--K 16] [--no-icm] [--out runs/sft-answer-only]
+//
+// --no-icm gives every candidate its full tokens (the base may then be any pre-trained model).
 import { parseArgs } from 'node:util';
 import { init } from '../../runtime/index.ts';
 import { Icm, icmCompress } from '../../model/icm.ts';
@@ -20,17 +22,19 @@ const { values: a } = parseArgs({
     steps: { type: 'string', default: '600' },
     batch: { type: 'string', default: '8' },
     lr: { type: 'string', default: '1e-3' },
+    K: { type: 'string', default: '16' },
+    'no-icm': { type: 'boolean', default: false },
     data: { type: 'string', default: 'data/emoji-mbeir' },
     out: { type: 'string', default: 'runs/sft-answer-only' },
   },
 });
-if (!a.base) throw new Error('--base <align final: a model with its ICM> is required');
-const [steps, batch, lr] = [Number(a.steps), Number(a.batch), Number(a.lr)];
-for (const [k, v] of [['steps', steps], ['batch', batch], ['lr', lr]] as const) if (!(v > 0)) throw new Error(`--${k} must be positive, got ${a[k]}`);
+if (!a.base) throw new Error('--base <align final: a model with its ICM, or any model with --no-icm> is required');
+const [steps, batch, lr, K] = [Number(a.steps), Number(a.batch), Number(a.lr), Number(a.K)];
+for (const [k, v] of [['steps', steps], ['batch', batch], ['lr', lr], ['K', K]] as const) if (!(v > 0)) throw new Error(`--${k} must be positive, got ${a[k]}`);
 await init();
 const model = await Mllm.load(a.base);
-const icm = await Icm.load(a.base);
-if (!icm) throw new Error(`${a.base} holds no ICM (icm.safetensors + icm.json): give an align final`);
+const icm = a['no-icm'] ? null : await Icm.load(a.base);
+if (!icm && !a['no-icm']) throw new Error(`${a.base} holds no ICM (icm.safetensors + icm.json): give an align final`);
 const data = await loadSftData(a.data!, model);
 const emojis = emojiIndex(data.attributes.values());
 const queries = usableQueries(data);
@@ -41,15 +45,15 @@ await sftTrain({
   batch,
   lr,
   seed: 1,
-  K: 16,
+  K,
   maxInspections: 0,
-  compress: icmCompress(model, icm),
-  compressParams: icm.parameterList(),
+  compress: icm ? icmCompress(model, icm) : undefined,
+  compressParams: icm ? icm.parameterList() : [],
   saveEvery: 50,
   // The SFT stage's examples (same lists, answer positions and draws), with the trace cut to the answer.
   examples: (step) =>
     batchQueries(queries, batch, step, 1).map((q) => {
-      const ex = makeSftExample(model, data, emojis, q, { K: 16, seed: 1, draw: step, maxInspections: 0, style: 'brief' });
+      const ex = makeSftExample(model, data, emojis, q, { K, seed: 1, draw: step, maxInspections: 0, style: 'brief' });
       const text = `<think></think><answer>${ex.trace.answer}</answer>`;
       return { ...ex, trace: { ...ex.trace, text, inspections: [], sentences: [] }, traceIds: [...model.tokenizer.encode(text), model.tokenizer.specialIds.imEnd] };
     }),
@@ -57,5 +61,5 @@ await sftTrain({
     if (s.step % 50 === 0 || s.step + 1 === steps) console.log(`step ${s.step + 1}/${steps}  loss ${s.loss.toFixed(3)}  ${s.ms.toFixed(0)} ms`);
   },
 });
-await icm.save(`${a.out}/final`);
+if (icm) await icm.save(`${a.out}/final`);
 console.log(`done: ${a.out}/final`);
