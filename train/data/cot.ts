@@ -267,8 +267,9 @@ export function synthesizeTrace(
   if (qa.qid !== query.qid) throw new Error(`synthesizeTrace: query ${query.qid} got the attributes of ${qa.qid}`);
   const rng = rngFor(opts.seed, `trace:${query.qid}:${opts.draw ?? 0}:${candidates.join(',')}`);
   const maxIns = opts.maxInspections ?? 3;
-  const brief = (opts.style ?? 'full') === 'brief';
-  if (!TRACE_STYLES.includes(opts.style ?? 'full')) throw new RangeError(`synthesizeTrace: unknown style '${opts.style}' (${TRACE_STYLES.join(', ')})`);
+  const style = opts.style ?? 'full';
+  if (!TRACE_STYLES.includes(style)) throw new RangeError(`synthesizeTrace: unknown style '${style}' (${TRACE_STYLES.join(', ')})`);
+  const brief = style === 'brief';
   const pos = new Set(query.pos_cand_list);
   const infos: Info[] = candidates.map((d, i) => {
     const a = attributes.get(d);
