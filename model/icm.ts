@@ -27,6 +27,7 @@ import {
   keep,
   linear,
   loadSafetensors,
+  mean,
   ones,
   pad,
   permute,
@@ -39,6 +40,7 @@ import {
   slice,
   squeeze,
   stack,
+  sub,
   tidy,
   concat,
 } from '../runtime/index.ts';
@@ -52,6 +54,13 @@ export interface IcmConfig {
   hidden: number;
   heads: number;
   rmsEps: number;
+  /**
+   * Subtract from each candidate's two rows their mean over the candidates of its query
+   * (compressGroups). Compressed emoji images share a large common component that hides
+   * which candidate matches (train/experiments/pointing.ts); centring removes it, at the
+   * price of rows that depend on the rest of the list. Absent (off) in older configs.
+   */
+  centre?: boolean;
 }
 
 /** The three attention steps: content, candidate-over-query, relationship. */
@@ -67,6 +76,7 @@ export function icmConfigFor(model: { llm: { hidden: number; heads: number; rmsE
 }
 
 export function validateIcmConfig(c: IcmConfig): void {
+  if (c.centre !== undefined && typeof c.centre !== 'boolean') throw new RangeError(`icm config: centre must be true or false, got ${JSON.stringify(c.centre)}`);
   if (!Number.isInteger(c.hidden) || c.hidden < 1 || !Number.isInteger(c.heads) || c.heads < 1) {
     throw new RangeError(`icm config: hidden ${c.hidden} and heads ${c.heads} must be positive integers`);
   }
@@ -247,7 +257,8 @@ export class Icm {
       let at = 0;
       for (const grp of groups) {
         const n = grp.candidates.length;
-        result.push(groups.length === 1 ? out : slice(out, 0, at, at + n));
+        const rowsOf = groups.length === 1 ? out : slice(out, 0, at, at + n);
+        result.push(this.config.centre ? sub(rowsOf, mean(rowsOf, 0, true)) : rowsOf);
         at += n;
       }
       return result;

@@ -1,5 +1,5 @@
 // The Information Compression Module: output shape and the rerank hook, padding
-// invariance, the mean-of-tokens start, gradients to every parameter and input against
+// invariance, the mean-of-tokens start, centring over the list, gradients to every parameter and input against
 // finite differences of a float64 CPU reference, and the checkpoint round trip.
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -151,6 +151,38 @@ describe('information compression module', () => {
     }
     disposeAll(embeds);
     icm.dispose();
+    disposeAll(model.parameterList());
+  });
+
+  it('with centre on, subtracts the mean over each group of candidates, and keeps the setting through a checkpoint', async () => {
+    const model = Mllm.create(config, tok, 9);
+    const plain = Icm.create(icmConfigFor(config), 10);
+    const centred = new Icm({ ...plain.config, centre: true }, plain.params);
+    const D = config.llm.hidden;
+    const q2 = { text: 'a circle' };
+    const groups = [{ query, candidates }, { query: q2, candidates: candidates.slice(1, 3) }];
+    const before = noGrad(() => plain.compressGroups(model, groups));
+    const after = noGrad(() => centred.compressGroups(model, groups));
+    for (let g = 0; g < groups.length; g++) {
+      const x = await before[g].toArray();
+      const K = groups[g].candidates.length;
+      // The expected rows, worked out here: row r of candidate i minus the mean of row r over the group.
+      const want = new Float64Array(K * 2 * D);
+      for (let r = 0; r < 2; r++) for (let d = 0; d < D; d++) {
+        let m = 0;
+        for (let i = 0; i < K; i++) m += x[(i * 2 + r) * D + d] / K;
+        for (let i = 0; i < K; i++) want[(i * 2 + r) * D + d] = x[(i * 2 + r) * D + d] - m;
+      }
+      expectClose(await after[g].toArray(), want, 1e-6, 1e-5, `group ${g}`);
+    }
+    disposeAll([...before, ...after]);
+    const ck = join(dir, 'centred');
+    await centred.save(ck);
+    const reloaded = (await Icm.load(ck))!;
+    expect(reloaded.config.centre).toBe(true);
+    reloaded.dispose();
+    expect(() => new Icm({ ...plain.config, centre: 'yes' as unknown as boolean }, plain.params)).toThrow(/centre must be true or false/);
+    plain.dispose();
     disposeAll(model.parameterList());
   });
 
