@@ -58,7 +58,8 @@ export interface IcmConfig {
    * Subtract from each candidate's two rows their mean over the candidates of its query
    * (compressGroups). Compressed emoji images share a large common component that hides
    * which candidate matches (train/experiments/pointing.ts); centring removes it, at the
-   * price of rows that depend on the rest of the list. Absent (off) in older configs.
+   * price of rows that depend on the rest of the list (a list of one centres to zeros).
+   * Absent (off) in older configs.
    */
   centre?: boolean;
 }

@@ -1,6 +1,7 @@
 // The Information Compression Module: output shape and the rerank hook, padding
-// invariance, the mean-of-tokens start, centring over the list, gradients to every parameter and input against
-// finite differences of a float64 CPU reference, and the checkpoint round trip.
+// invariance, the mean-of-tokens start, centring over the list, gradients to every
+// parameter and input against finite differences of a float64 CPU reference, and the
+// checkpoint round trip.
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
