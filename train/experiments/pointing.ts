@@ -16,9 +16,9 @@
 // word mode: a control that needs one hop only: the query is a code word standing for the
 // answer (alpha = 0, bravo = 1, ...; no candidate holds these words) and the candidates are
 // names, so the answer position need only find the query word and map it to a digit.
-// Names are split by hash into a training half and a held-out half; accuracy is measured
-// on held-out names only (teacher-forced: the answer position's logits over the K index
-// tokens), so a model that memorised names scores chance.
+// Items (names or images) are split by hash into a training half and a held-out half;
+// accuracy is measured on held-out items only (teacher-forced: the answer position's logits
+// over the K index tokens), so a model that memorised its items scores chance.
 // --icm-fresh compresses the candidates with a freshly initialised ICM trained jointly
 // (instead of --icm <align final>). --centre turns on the ICM's `centre` setting (each
 // candidate's rows minus their mean over the K candidates): compressed emoji images share
