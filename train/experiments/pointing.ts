@@ -42,6 +42,7 @@ import type { CandidateInput } from '../../model/sequence.ts';
 import { ImageStore } from '../data/inputs.ts';
 import { hash32, SeededRng } from '../data/seeded.ts';
 import { sftSequence, sftTrain, type SftExample } from '../sft.ts';
+import { positiveFlags } from './flags.ts';
 
 const { values: a } = parseArgs({
   options: {
@@ -67,8 +68,7 @@ const { values: a } = parseArgs({
 if (!a.base) throw new Error('--base <model folder> is required');
 if (!['text', 'image', 'vendor', 'word'].includes(a.mode!)) throw new Error(`--mode must be text, image, vendor or word, got ${a.mode}`);
 const CODE_WORDS = ['alpha', 'bravo', 'charlie', 'delta', 'echo', 'foxtrot', 'golf', 'hotel', 'india', 'juliett'];
-const [K, steps, batch, lr, evalN] = [Number(a.K), Number(a.steps), Number(a.batch), Number(a.lr), Number(a.eval)];
-for (const [k, v] of [['K', K], ['steps', steps], ['batch', batch], ['lr', lr], ['eval', evalN]] as const) if (!(v > 0)) throw new Error(`--${k} must be positive, got ${a[k]}`);
+const { K, steps, batch, lr, eval: evalN } = positiveFlags(a, ['K', 'steps', 'batch', 'lr', 'eval']);
 if (K > 10) throw new Error('--K at most 10 (each index must be one digit for the teacher-forced score)');
 
 await init();

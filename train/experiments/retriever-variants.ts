@@ -19,6 +19,7 @@ import { ImageStore } from '../data/inputs.ts';
 import { evaluateFirstStage } from '../eval/first-stage-eval.ts';
 import { formatRecallTable } from '../eval/recall.ts';
 import { RETRIEVER_BATCHINGS, type RetrieverBatching, benchmarkTripleSource, trainRetriever } from '../retriever.ts';
+import { positiveFlags } from './flags.ts';
 
 const { values: a } = parseArgs({
   options: {
@@ -32,10 +33,7 @@ const { values: a } = parseArgs({
   },
 });
 if (!a.base) throw new Error('--base <pre-trained checkpoint folder> is required');
-const steps = Number(a.steps);
-const batch = Number(a.batch);
-const lr = Number(a.lr);
-for (const [k, v] of [['steps', steps], ['batch', batch], ['lr', lr]] as const) if (!(v > 0)) throw new Error(`--${k} must be positive, got ${a[k]}`);
+const { steps, batch, lr } = positiveFlags(a, ['steps', 'batch', 'lr']);
 const variants = a.variants!.split(',').map((v) => {
   const [pooling, batching] = v.split('/');
   if ((pooling !== 'mean' && pooling !== 'last') || !RETRIEVER_BATCHINGS.includes(batching as RetrieverBatching)) {

@@ -15,6 +15,7 @@ import { Mllm } from '../../model/mllm.ts';
 import { emojiIndex } from '../data/cot.ts';
 import { batchQueries, makeSftExample, sftTrain, usableQueries } from '../sft.ts';
 import { loadSftData } from '../sft-stage.ts';
+import { positiveFlags } from './flags.ts';
 
 const { values: a } = parseArgs({
   options: {
@@ -29,8 +30,7 @@ const { values: a } = parseArgs({
   },
 });
 if (!a.base) throw new Error('--base <align final: a model with its ICM, or any model with --no-icm> is required');
-const [steps, batch, lr, K] = [Number(a.steps), Number(a.batch), Number(a.lr), Number(a.K)];
-for (const [k, v] of [['steps', steps], ['batch', batch], ['lr', lr], ['K', K]] as const) if (!(v > 0)) throw new Error(`--${k} must be positive, got ${a[k]}`);
+const { steps, batch, lr, K } = positiveFlags(a, ['steps', 'batch', 'lr', 'K']);
 await init();
 const model = await Mllm.load(a.base);
 const icm = a['no-icm'] ? null : await Icm.load(a.base);
