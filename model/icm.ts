@@ -5,6 +5,7 @@
 //   relationship token  R     = Attn(Q = T_c,   K = V = T_q)   (candidate reads the query)
 //                       t_rel = Attn(Q = e_rel, K = V = R)
 //
+// (IcmConfig.relation 'compare' replaces the mix R by a comparison; see there.)
 // Each Attn is multi-head attention with q/k/v/o projections (no biases, no causal mask).
 // Keys (and token queries) pass an RMSNorm first; values are the raw rows, so that with
 // identity v/o projections and near-uniform scores t_con starts as the mean of the
@@ -27,7 +28,9 @@ import {
   keep,
   linear,
   loadSafetensors,
+  matmul,
   mean,
+  mul,
   ones,
   pad,
   permute,
@@ -41,6 +44,7 @@ import {
   squeeze,
   stack,
   sub,
+  sum,
   tidy,
   concat,
 } from '../runtime/index.ts';
@@ -62,6 +66,18 @@ export interface IcmConfig {
    * Absent (off) in older configs.
    */
   centre?: boolean;
+  /**
+   * What the candidate-over-query step passes on. 'mix' (the paper's formula, and the
+   * default for configs without the field): R is the query rows each candidate token
+   * read, a convex mix of the same few query rows whatever the candidate, so how well the
+   * candidate matched is lost in the softmax. 'compare': both sides first lose the mean
+   * row of the candidate list, then R is the query mix times the candidate token itself
+   * (both in the cross step's value space, RMS-normalised), so a row's sum is D times
+   * their cosine and a match is linearly readable; this is what a near copy (task 4:
+   * another vendor's image of the same emoji) needs (train/experiments/pointing.ts,
+   * vendor mode). Like `centre`, it makes a candidate's rows depend on its list.
+   */
+  relation?: 'mix' | 'compare';
 }
 
 /** The three attention steps: content, candidate-over-query, relationship. */
@@ -71,13 +87,19 @@ type Block = (typeof BLOCKS)[number];
 export const ICM_WEIGHTS_FILE = 'icm.safetensors';
 export const ICM_CONFIG_FILE = 'icm.json';
 
-/** An ICM config for a model: its width, its head count, its norm epsilon. */
+/**
+ * A new ICM's config for a model: its width, its head count, its norm epsilon, and the
+ * 'compare' relation (configs saved without the field keep the paper's 'mix').
+ */
 export function icmConfigFor(model: { llm: { hidden: number; heads: number; rmsEps: number } }, heads = model.llm.heads): IcmConfig {
-  return { hidden: model.llm.hidden, heads, rmsEps: model.llm.rmsEps };
+  return { hidden: model.llm.hidden, heads, rmsEps: model.llm.rmsEps, relation: 'compare' };
 }
 
 export function validateIcmConfig(c: IcmConfig): void {
   if (c.centre !== undefined && typeof c.centre !== 'boolean') throw new RangeError(`icm config: centre must be true or false, got ${JSON.stringify(c.centre)}`);
+  if (c.relation !== undefined && c.relation !== 'mix' && c.relation !== 'compare') {
+    throw new RangeError(`icm config: relation must be 'mix' or 'compare', got ${JSON.stringify(c.relation)}`);
+  }
   if (!Number.isInteger(c.hidden) || c.hidden < 1 || !Number.isInteger(c.heads) || c.heads < 1) {
     throw new RangeError(`icm config: hidden ${c.hidden} and heads ${c.heads} must be positive integers`);
   }
@@ -190,9 +212,13 @@ export class Icm {
 
       // t_con: the learned query over the candidate's tokens.
       const tcon = this.attend('con', this.p('icm.con_query'), rmsNorm(tc, this.p('icm.con.kv_norm.weight'), c.rmsEps), tc, K, candMask);
-      // R: every candidate token over its query's tokens.
-      const qn = rmsNorm(tq, this.p('icm.cross.kv_norm.weight'), c.rmsEps);
-      const R = this.attend('cross', rmsNorm(tc, this.p('icm.cross.q_norm.weight'), c.rmsEps), qn, tq, K, crossMask, of);
+      // R: every candidate token over its query's tokens. With 'compare', both sides first
+      // lose their list's mean candidate row, so what is compared is what sets a candidate
+      // apart, not the component all emoji images share.
+      const compare = c.relation === 'compare';
+      const { cands: cx, queries: qx } = compare ? listCentred(tc, cValid, L, tq, Q, of) : { cands: tc, queries: tq };
+      const mixed = this.attend('cross', rmsNorm(cx, this.p('icm.cross.q_norm.weight'), c.rmsEps), rmsNorm(qx, this.p('icm.cross.kv_norm.weight'), c.rmsEps), qx, K, crossMask, of);
+      const R = compare ? this.compare(mixed, cx) : mixed;
       // t_rel: the learned query over R (padded candidate rows masked again).
       const trel = this.attend('rel', this.p('icm.rel_query'), rmsNorm(R, this.p('icm.rel.kv_norm.weight'), c.rmsEps), R, K, candMask);
       return concat([tcon, trel], 1); // [K, 2, D]
@@ -223,6 +249,17 @@ export class Icm {
     const a = attention(q, k, v, { keyPadding });
     const T = q.shape[2];
     return linear(reshape(permute(a, [0, 2, 1, 3]), [B, T, c.hidden]), w('o'));
+  }
+
+  /**
+   * 'compare' relation: each candidate token's value row times the query mix it read, both
+   * RMS-normalised (unit weights: the scale is in the projections), so sum_j R[j] is D times
+   * their cosine. Padded candidate rows give zeros, masked later by the rel step anyway.
+   */
+  private compare(mixed: Tensor, tc: Tensor): Tensor {
+    const unit = ones([this.config.hidden]);
+    const own = linear(tc, this.p('icm.cross.v_proj.weight'));
+    return mul(rmsNorm(mixed, unit, this.config.rmsEps), rmsNorm(own, unit, this.config.rmsEps));
   }
 
   /** [K, 2, D] for the candidates of one query (one vision batch, one ICM pass). */
@@ -325,6 +362,28 @@ function checkNames(params: Map<string, Tensor>, expected: Record<string, number
   }
   for (const name of params.keys()) if (!(name in expected)) problems.push(`unexpected ${name}`);
   return problems;
+}
+
+/**
+ * Candidate rows tc [K, L, D] (valid marks cValid) and query rows tq [Q, Lq, D], each minus
+ * the mean valid row of the candidates that read that query (its list); a query no candidate
+ * reads is left as is. Padding rows change too, but stay masked wherever they are read.
+ */
+function listCentred(tc: Tensor, cValid: Int32Array, L: number, tq: Tensor, Q: number, of: readonly number[]): { cands: Tensor; queries: Tensor } {
+  const K = of.length;
+  const D = tc.shape[2];
+  const rows = new Float64Array(Q);
+  of.forEach((j, i) => {
+    for (let t = 0; t < L; t++) rows[j] += cValid[i * L + t];
+  });
+  // averaging[j, i] = 1 / (rows of list j) when candidate i is in list j.
+  const averaging = new Float32Array(Q * K);
+  of.forEach((j, i) => (averaging[j * K + i] = 1 / rows[j]));
+  const listMean = matmul(fromArray(averaging, [Q, K]), sum(tc, 1)); // padding rows are zeros
+  return {
+    cands: sub(tc, reshape(indexSelect(listMean, 0, of), [K, 1, D])),
+    queries: sub(tq, reshape(listMean, [Q, 1, D])),
+  };
 }
 
 /** Rows [n_i, D] padded with zeros into [N, L, D], and the valid-row marks [N * L]. */

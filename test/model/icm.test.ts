@@ -1,7 +1,7 @@
 // The Information Compression Module: output shape and the rerank hook, padding
 // invariance, the mean-of-tokens start, centring over the list, gradients to every
-// parameter and input against finite differences of a float64 CPU reference, and the
-// checkpoint round trip.
+// parameter and input (both relation kinds) against finite differences of a float64 CPU
+// reference, and the checkpoint round trip.
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -85,12 +85,37 @@ function mha(p: P, b: string, qx: Float64Array, Tq: number, kx: Float64Array, vx
 function reference(p: P, cands: Float64Array[], queries: Float64Array[], queryOf: number[], c: IcmConfig): Float64Array {
   const D = c.hidden;
   const out = new Float64Array(cands.length * 2 * D);
+  // compare: the mean row of the candidates that read query j, taken from both sides.
+  const listMean = queries.map((_, j) => {
+    const m = new Float64Array(D);
+    let rows = 0;
+    cands.forEach((tc, i) => {
+      if (queryOf[i] !== j) return;
+      for (let k = 0; k < tc.length; k++) m[k % D] += tc[k];
+      rows += tc.length / D;
+    });
+    return m.map((v) => v / rows);
+  });
+  const centred = (x: Float64Array, j: number) => x.map((v, k) => v - listMean[j][k % D]);
   cands.forEach((tc, i) => {
     const n = tc.length / D;
     const tq = queries[queryOf[i]];
     const m = tq.length / D;
     const tcon = mha(p, 'con', p['icm.con_query'], 1, rms(tc, n, D, p['icm.con.kv_norm.weight'], c.rmsEps), tc, n, c);
-    const R = mha(p, 'cross', rms(tc, n, D, p['icm.cross.q_norm.weight'], c.rmsEps), n, rms(tq, m, D, p['icm.cross.kv_norm.weight'], c.rmsEps), tq, m, c);
+    let R: Float64Array;
+    if (c.relation === 'compare') {
+      // Each list-centred candidate token's value row times the mix of list-centred query
+      // rows it read, both at unit RMS.
+      const cc = centred(tc, queryOf[i]);
+      const qc = centred(tq, queryOf[i]);
+      const mixed = mha(p, 'cross', rms(cc, n, D, p['icm.cross.q_norm.weight'], c.rmsEps), n, rms(qc, m, D, p['icm.cross.kv_norm.weight'], c.rmsEps), qc, m, c);
+      const unit = new Float64Array(D).fill(1);
+      const a = rms(mixed, n, D, unit, c.rmsEps);
+      const b = rms(lin(cc, n, p['icm.cross.v_proj.weight'], D), n, D, unit, c.rmsEps);
+      R = a.map((v, j) => v * b[j]);
+    } else {
+      R = mha(p, 'cross', rms(tc, n, D, p['icm.cross.q_norm.weight'], c.rmsEps), n, rms(tq, m, D, p['icm.cross.kv_norm.weight'], c.rmsEps), tq, m, c);
+    }
     const trel = mha(p, 'rel', p['icm.rel_query'], 1, rms(R, n, D, p['icm.rel.kv_norm.weight'], c.rmsEps), R, n, c);
     out.set(tcon, i * 2 * D);
     out.set(trel, i * 2 * D + D);
@@ -123,9 +148,9 @@ describe('information compression module', () => {
     disposeAll(model.parameterList());
   });
 
-  it('compresses a candidate alike alone and in a padded batch, and starts t_con at its mean token', async () => {
+  it('with relation mix, compresses a candidate alike alone and in a padded batch, and starts t_con at its mean token', async () => {
     const model = Mllm.create(config, tok, 4);
-    const icm = Icm.create(icmConfigFor(config), 6);
+    const icm = Icm.create({ ...icmConfigFor(config), relation: 'mix' }, 6);
     const D = config.llm.hidden;
     const batch = await noGrad(() => tidy(() => icm.compressMany(model, query, candidates))).toArray();
     for (let i = 0; i < candidates.length; i++) {
@@ -151,6 +176,31 @@ describe('information compression module', () => {
       expectClose(batch.subarray(i * 2 * D, i * 2 * D + D), mean, 0.03 * scale, 0, `t_con of candidate ${i} vs its mean token`);
     }
     disposeAll(embeds);
+    icm.dispose();
+    disposeAll(model.parameterList());
+  });
+
+  it('with relation compare, a list gets the same rows alone and beside another list of other lengths', async () => {
+    const model = Mllm.create(config, tok, 12);
+    const icm = Icm.create(icmConfigFor(config), 13);
+    expect(icm.config.relation).toBe('compare');
+    const q2 = { text: 'a circle' };
+    const lists = [{ query, candidates }, { query: q2, candidates: candidates.slice(1, 3) }];
+    const together = noGrad(() => icm.compressGroups(model, lists));
+    for (let g = 0; g < lists.length; g++) {
+      const alone = noGrad(() => tidy(() => icm.compressMany(model, lists[g].query, lists[g].candidates)));
+      expectClose(await together[g].toArray(), await alone.toArray(), 1e-6, 1e-4, `list ${g}`);
+      alone.dispose();
+    }
+    // The relationship token depends on the list (its mean is taken out), the content token does not.
+    const shorter = noGrad(() => tidy(() => icm.compressMany(model, query, candidates.slice(0, 2))));
+    const D = config.llm.hidden;
+    const full = await together[0].toArray();
+    const part = await shorter.toArray();
+    expectClose(part.subarray(0, D), full.subarray(0, D), 1e-6, 1e-4, 't_con of candidate 0');
+    const relDiff = Math.max(...part.subarray(D, 2 * D).map((v, d) => Math.abs(v - full[D + d])));
+    expect(relDiff).toBeGreaterThan(1e-3);
+    disposeAll([...together, shorter]);
     icm.dispose();
     disposeAll(model.parameterList());
   });
@@ -183,12 +233,13 @@ describe('information compression module', () => {
     expect(reloaded.config.centre).toBe(true);
     reloaded.dispose();
     expect(() => new Icm({ ...plain.config, centre: 'yes' as unknown as boolean }, plain.params)).toThrow(/centre must be true or false/);
+    expect(() => new Icm({ ...plain.config, relation: 'dot' as unknown as 'mix' }, plain.params)).toThrow(/relation must be 'mix' or 'compare'/);
     plain.dispose();
     disposeAll(model.parameterList());
   });
 
-  it('gradients reach every parameter and both inputs (finite differences of a float64 reference)', async () => {
-    const c: IcmConfig = { hidden: 8, heads: 2, rmsEps: 1e-6 };
+  it.each(['mix', 'compare'] as const)('with relation %s, gradients reach every parameter and both inputs (finite differences of a float64 reference)', async (relation) => {
+    const c: IcmConfig = { hidden: 8, heads: 2, rmsEps: 1e-6, relation };
     const shapes = icmParameterShapes(c);
     const names = Object.keys(shapes);
     const lens = { cands: [3, 1, 2], queries: [2, 3] };
