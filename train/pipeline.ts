@@ -50,8 +50,11 @@ export interface PipelineConfig {
   /** Test queries per task for the first-stage recall table (0 = all). */
   firstStage: { perTask: number };
   align: { steps: number; batch: number; lr: number };
-  /** traceStyle: the synthetic traces' wording (train/data/cot.ts: full or brief). */
-  sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle };
+  /**
+   * traceStyle: the synthetic traces' wording (train/data/cot.ts: full or brief). kStart:
+   * the K curriculum's first list length (train/sft.ts curriculumK; eval.K = none).
+   */
+  sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle; kStart: number };
   grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number };
   /**
    * Reranking evaluation: candidates per query, test queries (spread over the tasks), and
@@ -73,7 +76,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed' },
     firstStage: { perTask: 40 },
     align: { steps: 60, batch: 4, lr: 1e-3 },
-    sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief' },
+    sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16 },
     grpo: { steps: 4, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 384, fixedLambda: 0.5 },
     eval: { K: 16, limit: 12, maxNewTokens: 384 },
     ablations: false,
@@ -86,7 +89,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     retriever: { steps: 400, batch: 32, lr: 5e-4, pooling: 'mean', batching: 'mixed' },
     firstStage: { perTask: 0 },
     align: { steps: 150, batch: 8, lr: 1e-3 },
-    sft: { steps: 300, batch: 8, lr: 5e-4, traceStyle: 'brief' },
+    sft: { steps: 300, batch: 8, lr: 5e-4, traceStyle: 'brief', kStart: 16 },
     grpo: { steps: 30, batch: 4, group: 4, lr: 2e-5, maxNewTokens: 384, fixedLambda: 0.5 },
     eval: { K: 16, limit: 100, maxNewTokens: 384 },
     ablations: true,
@@ -138,6 +141,9 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   getPreset(cfg.preset);
   if (!RETRIEVER_BATCHINGS.includes(cfg.retriever.batching)) throw new Error(`${nameOrFile}.retriever.batching: '${cfg.retriever.batching}' is not one of ${RETRIEVER_BATCHINGS.join(', ')}`);
   if (!TRACE_STYLES.includes(cfg.sft.traceStyle)) throw new Error(`${nameOrFile}.sft.traceStyle: '${cfg.sft.traceStyle}' is not one of ${TRACE_STYLES.join(', ')}`);
+  if (!Number.isInteger(cfg.sft.kStart) || cfg.sft.kStart < 1 || cfg.sft.kStart > cfg.eval.K) {
+    throw new Error(`${nameOrFile}.sft.kStart: ${cfg.sft.kStart} must be an integer from 1 to eval.K = ${cfg.eval.K}`);
+  }
   return cfg;
 }
 

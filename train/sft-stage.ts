@@ -57,6 +57,8 @@ export interface SftStageOptions {
   lr: number;
   /** Candidates per query (default 16). */
   K?: number;
+  /** The K curriculum's first list length (train/sft.ts curriculumK; default K, none). */
+  kStart?: number;
   /** Inspections per trace at most (default 3; forced to 0 by noInspect). */
   maxInspections?: number;
   /** Wording of the synthetic traces (train/data/cot.ts; default full). */
@@ -96,6 +98,8 @@ export interface SftStageRecord {
   max_inspections: number;
   trace_style: TraceStyle;
   K: number;
+  /** The K curriculum's first list length (K: none). */
+  k_start: number;
   steps: number;
   batch: number;
   lr: number;
@@ -221,6 +225,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       lr: o.lr,
       seed,
       K,
+      kStart: o.kStart,
       maxInspections,
       traceStyle: o.traceStyle,
       compress: icm ? icmCompress(model, icm) : undefined,
@@ -257,6 +262,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       max_inspections: maxInspections,
       trace_style: o.traceStyle ?? 'full',
       K,
+      k_start: o.kStart ?? K,
       steps: o.steps,
       batch: o.batch,
       lr: o.lr,

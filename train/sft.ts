@@ -127,6 +127,11 @@ export interface SftOptions {
   seed: number;
   /** Candidates per query (default 16). */
   K?: number;
+  /**
+   * A curriculum over the list length (curriculumK): start with this many candidates and
+   * double, in equal shares of the steps, up to K. Default K (no curriculum).
+   */
+  kStart?: number;
   /** Inspections per trace at most (default 3; 0 = traces without inspection). */
   maxInspections?: number;
   /** Trace wording of the synthetic traces (default full). */
@@ -228,6 +233,33 @@ export function batchQueries<Q>(queries: readonly Q[], batch: number, step: numb
   return out;
 }
 
+/**
+ * The list length at a step of a K curriculum: kStart, doubled in each of n equal shares of
+ * the steps (n = the doublings needed to reach K, plus one), capped at K. Pointing at the
+ * match among few candidates is learned much sooner than among many
+ * (train/experiments/pointing.ts: 4 candidates then 10), and what is learned carries over.
+ */
+export function curriculumK(step: number, steps: number, K: number, kStart: number): number {
+  if (!Number.isInteger(kStart) || kStart < 1 || kStart > K) throw new RangeError(`sft: kStart must be an integer from 1 to K = ${K}, got ${kStart}`);
+  let doublings = 0;
+  while (kStart * 2 ** doublings < K) doublings++;
+  const share = Math.min(Math.floor((step * (doublings + 1)) / steps), doublings);
+  return Math.min(K, kStart * 2 ** share);
+}
+
+/** The curriculum in words, e.g. "4 (steps 1-200), 8 (steps 201-400), 16 (steps 401-600)". */
+export function curriculumSchedule(steps: number, K: number, kStart: number): string {
+  const parts: string[] = [];
+  let from = 0;
+  for (let s = 0; s <= steps; s++) {
+    if (s === steps || (s > 0 && curriculumK(s, steps, K, kStart) !== curriculumK(s - 1, steps, K, kStart))) {
+      parts.push(`${curriculumK(from, steps, K, kStart)} (steps ${from + 1}-${s})`);
+      from = s;
+    }
+  }
+  return parts.join(', ');
+}
+
 /** Runs (or resumes) the activation stage; the trained weights are in o.model (and runDir/final). */
 export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: number; lastLoss: number }> {
   const log = o.log ?? console.log;
@@ -247,11 +279,13 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
     const queries = usableQueries(data);
     if (!queries.length) throw new Error('sft: no usable training queries (each needs a positive and attribute rows)');
     const emojis = emojiIndex(data.attributes.values());
+    const kStart = o.kStart ?? K;
     source = (step) => {
       const draw = o.redraw === false ? 0 : step;
-      return batchQueries(queries, o.batch, step, o.seed).map((q) => makeSftExample(model, data, emojis, q, { K, seed: o.seed, draw, maxInspections: maxIns, style: o.traceStyle }));
+      const k = curriculumK(step, o.steps, K, kStart);
+      return batchQueries(queries, o.batch, step, o.seed).map((q) => makeSftExample(model, data, emojis, q, { K: k, seed: o.seed, draw, maxInspections: maxIns, style: o.traceStyle }));
     };
-    what = `${queries.length} training queries, K ${K}`;
+    what = `${queries.length} training queries, K ${kStart === K ? K : `${curriculumSchedule(o.steps, K, kStart)}`}`;
   }
   const ckptDir = join(o.runDir, 'checkpoint');
   mkdirSync(o.runDir, { recursive: true });

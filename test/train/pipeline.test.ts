@@ -52,7 +52,7 @@ describe('pipeline end to end', () => {
       retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'mean', batching: 'task' },
       firstStage: { perTask: 2 },
       align: { steps: 2, batch: 2, lr: 1e-3 },
-      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief' },
+      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief', kStart: 2 },
       grpo: { steps: 1, batch: 1, group: 2, lr: 1e-5, maxNewTokens: 12, fixedLambda: 0.5 },
       eval: { K: 4, limit: 2, maxNewTokens: 12 },
       ablations: false,

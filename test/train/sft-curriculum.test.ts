@@ -1,0 +1,28 @@
+// The SFT stage's K curriculum: list lengths per step worked out by hand.
+import { describe, expect, it } from 'vitest';
+import { curriculumK, curriculumSchedule } from '../../train/sft.ts';
+
+const lengths = (steps: number, K: number, kStart: number) => Array.from({ length: steps }, (_, s) => curriculumK(s, steps, K, kStart));
+
+describe('K curriculum', () => {
+  it('doubles from kStart to K in equal shares of the steps', () => {
+    // 4 -> 8 -> 16 is two doublings, so three shares of 600 / 3 = 200 steps.
+    const ks = lengths(600, 16, 4);
+    expect(ks.slice(0, 200).every((k) => k === 4)).toBe(true);
+    expect(ks.slice(200, 400).every((k) => k === 8)).toBe(true);
+    expect(ks.slice(400).every((k) => k === 16)).toBe(true);
+    expect(curriculumSchedule(600, 16, 4)).toBe('4 (steps 1-200), 8 (steps 201-400), 16 (steps 401-600)');
+  });
+
+  it('caps the last share at K when K is not kStart times a power of two', () => {
+    // 4 -> 8 -> 16 capped at 10; shares of 10 steps: floor(3s / 10) = 0 for s <= 3, 1 for s <= 6, else 2.
+    expect(lengths(10, 10, 4)).toEqual([4, 4, 4, 4, 8, 8, 8, 10, 10, 10]);
+  });
+
+  it('is no curriculum when kStart is K, and refuses a kStart outside 1..K', () => {
+    expect(lengths(5, 16, 16)).toEqual([16, 16, 16, 16, 16]);
+    expect(() => curriculumK(0, 10, 16, 0)).toThrow(/kStart must be an integer from 1 to K = 16, got 0/);
+    expect(() => curriculumK(0, 10, 16, 17)).toThrow(/got 17/);
+    expect(() => curriculumK(0, 10, 16, 2.5)).toThrow(/got 2.5/);
+  });
+});
