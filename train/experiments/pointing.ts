@@ -6,8 +6,8 @@
 //
 //   npx tsx train/experiments/pointing.ts --base <model dir> [--mode text|image|vendor|word]
 //     [--K 4] [--steps 300] [--batch 8] [--lr 1e-3] [--icm <align final> | --icm-fresh]
-//     [--centre] [--short-prompt] [--fresh | --preset small] [--overfit] [--eval 200]
-//     [--out runs/pointing]
+//     [--centre] [--relation mix|compare] [--hard] [--short-prompt] [--fresh | --preset small]
+//     [--overfit] [--eval 200] [--out runs/pointing]
 //
 // text mode: the query and candidates are emoji names (text candidates of the pool).
 // image mode: the query is an emoji image and the same image is among the candidates.
@@ -24,6 +24,11 @@
 // candidate's rows minus their mean over the K candidates): compressed emoji images share
 // a large common component (cos(t_con, t_rel) 0.83 between different emojis, 0.99 for the
 // same one), and this tests whether that is what hides the match.
+// --relation compare|mix sets the ICM's candidate-over-query step: each token's similarity
+// to what it read, or the query rows alone (the paper's; model/icm.ts, IcmConfig). A fresh
+// ICM compares; an ICM saved before the setting existed mixes.
+// --hard draws the other candidates from the match's subcategory where it has enough (as
+// the benchmark's hard negatives are); image and vendor modes.
 // --short-prompt replaces the 114-token instruction by a one-line one, so a step costs
 // less than half (the task does not need the instruction).
 // --overfit trains on one fixed batch (the standard check that the gradient path works: the
@@ -59,6 +64,8 @@ const { values: a } = parseArgs({
     'short-prompt': { type: 'boolean', default: false },
     'icm-fresh': { type: 'boolean', default: false },
     centre: { type: 'boolean', default: false },
+    relation: { type: 'string' },
+    hard: { type: 'boolean', default: false },
     eval: { type: 'string', default: '200' },
     data: { type: 'string', default: 'data/emoji-mbeir' },
     'image-root': { type: 'string', default: 'node_modules' },
@@ -81,12 +88,17 @@ if (a.icm && a['icm-fresh']) throw new Error('give --icm or --icm-fresh, not bot
 const loaded = a.icm ? await Icm.load(a.icm) : a['icm-fresh'] ? Icm.create(icmConfigFor(model.config), 5) : null;
 if (a.icm && !loaded) throw new Error(`${a.icm} holds no ICM`);
 if (a.centre && !loaded) throw new Error('--centre needs an ICM (--icm or --icm-fresh)');
-const icm = loaded && a.centre ? new Icm({ ...loaded.config, centre: true }, loaded.params) : loaded;
+if (a.relation && !loaded) throw new Error('--relation needs an ICM (--icm or --icm-fresh)');
+const icm = loaded && (a.centre || a.relation) ? new Icm({ ...loaded.config, ...(a.centre ? { centre: true } : {}), ...(a.relation ? { relation: a.relation as 'mix' | 'compare' } : {}) }, loaded.params) : loaded;
 const compress = icm ? icmCompress(model, icm) : undefined;
 const system = a['short-prompt'] ? 'Pick the candidate that matches the query.' : undefined;
 
 // The items: text names or image paths from the pool, split by hash into train / held out.
-const pool = readFileSync(join(a.data!, 'pool.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { txt: string | null; img_path: string | null });
+const pool = readFileSync(join(a.data!, 'pool.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { did: string; txt: string | null; img_path: string | null });
+// --hard: an item's subcategory (emoji images only), to draw the other candidates from it.
+const subcategoryOf = new Map(readFileSync(join(a.data!, 'attributes.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { did: string; subcategory: string }).map((r) => [r.did, r.subcategory]));
+const itemSubcategory = new Map(pool.flatMap((c) => (c.img_path ? [[c.img_path, subcategoryOf.get(c.did) ?? '']] : [])));
+if (a.hard && a.mode !== 'image' && a.mode !== 'vendor') throw new Error('--hard needs --mode image or vendor');
 const GOOGLE = 'emoji-datasource-google/img/google/64/';
 const TWITTER = 'emoji-datasource-twitter/img/twitter/64/';
 const raw =
@@ -100,13 +112,27 @@ const heldOut = items.filter((s) => hash32(s, 3) % 2 === 1);
 const v = model.config.vision;
 const images = new ImageStore({ root: a['image-root']!, patchSize: v.patchSize, mergeSize: v.mergeSize, size: model.config.imageSize });
 const input = (s: string): CandidateInput => (a.mode === 'image' ? { image: images.preprocessed(s) } : a.mode === 'vendor' ? { image: images.preprocessed(TWITTER + s.slice(GOOGLE.length)) } : { text: s });
-console.log(`pointing: ${a.mode}, K ${K}, ${train.length} training and ${heldOut.length} held-out items, ${icm ? `ICM${a.centre ? ', rows centred over the list' : ''}` : 'full candidates'}${a.preset ? `, fresh ${a.preset} weights` : a.fresh ? ', fresh weights' : ''}`);
+console.log(`pointing: ${a.mode}, K ${K}, ${train.length} training and ${heldOut.length} held-out items, ${icm ? `ICM (relation ${icm.config.relation ?? 'mix'})${a.centre ? ', rows centred over the list' : ''}` : 'full candidates'}${a.preset ? `, fresh ${a.preset} weights` : a.fresh ? ', fresh weights' : ''}`);
 
 function example(from: readonly string[], rng: SeededRng, id: string): SftExample {
   const picked = new Set<string>();
-  while (picked.size < K) picked.add(rng.pick(from));
+  let answer: number;
+  if (a.hard) {
+    // The match first, then others of its subcategory where it has enough, then any.
+    const match = rng.pick(from);
+    const near = from.filter((s) => s !== match && itemSubcategory.get(s) === itemSubcategory.get(match));
+    picked.add(match);
+    if (near.length >= K - 1) while (picked.size < K) picked.add(rng.pick(near));
+    while (picked.size < K) picked.add(rng.pick(from));
+    answer = rng.int(K);
+    const others = [...picked].slice(1);
+    picked.clear();
+    [...others.slice(0, answer), match, ...others.slice(answer)].forEach((s) => picked.add(s));
+  } else {
+    while (picked.size < K) picked.add(rng.pick(from));
+    answer = rng.int(K);
+  }
   const names = [...picked];
-  const answer = rng.int(K);
   const text = `<think></think><answer>${answer}</answer>`;
   return {
     qid: id,
@@ -140,6 +166,9 @@ await sftTrain({
     if (s.step % 25 === 0 || s.step + 1 === steps) console.log(`step ${s.step + 1}/${steps}  loss ${s.loss.toFixed(3)}  ${s.ms.toFixed(0)} ms`);
   },
 });
+// The trained ICM beside the model, so that a later run can start from both
+// (--base <out>/final --icm <out>/final), e.g. at a larger K.
+if (icm) await icm.save(join(runDir, 'final'));
 
 // Teacher-forced accuracy on held-out items: at the position that predicts the answer digit,
 // which of the K digit tokens scores highest?
@@ -172,6 +201,6 @@ for (let n = 0; n < evalCount; n++) {
   picks[best]++;
   if (best === ex.trace.answer) right++;
 }
-const result = { mode: a.mode, K, steps, batch, lr, icm: icm ? (a.icm ?? 'fresh') : null, centre: a.centre, fresh: a.fresh || !!a.preset, preset: a.preset ?? model.config.preset, overfit: a.overfit, evaluated: evalCount, accuracy: right / evalCount, chance: 1 / K, picks };
+const result = { mode: a.mode, K, steps, batch, lr, icm: icm ? (a.icm ?? 'fresh') : null, centre: a.centre, relation: icm?.config.relation ?? null, hard: a.hard, fresh: a.fresh || !!a.preset, preset: a.preset ?? model.config.preset, overfit: a.overfit, evaluated: evalCount, accuracy: right / evalCount, chance: 1 / K, picks };
 console.log(`${a.overfit ? 'training-batch' : 'held-out'} accuracy ${(100 * result.accuracy).toFixed(1)}% (chance ${(100 / K).toFixed(1)}%), answers by index ${picks.join(' ')}`);
 writeFileSync(join(runDir, 'result.json'), JSON.stringify(result, null, 2) + '\n');

@@ -5,15 +5,17 @@
 // queries of queries_val.jsonl); never tune on the test split.
 //
 //   npx tsx train/experiments/sft-answer-only.ts --base <align final> [--steps 600]
-//     [--batch 8] [--lr 1e-3] [--K 16] [--no-icm] [--out runs/sft-answer-only]
+//     [--batch 8] [--lr 1e-3] [--K 16] [--k-start 4] [--tasks 4,6] [--no-icm] [--out runs/sft-answer-only]
 //
+// --k-start n: the SFT stage's K curriculum (n candidates first, doubling up to K).
+// --tasks 4,6: train on those tasks' queries only.
 // --no-icm gives every candidate its full tokens (the base may then be any pre-trained model).
 import { parseArgs } from 'node:util';
 import { init } from '../../runtime/index.ts';
 import { Icm, icmCompress } from '../../model/icm.ts';
 import { Mllm } from '../../model/mllm.ts';
 import { emojiIndex } from '../data/cot.ts';
-import { batchQueries, makeSftExample, sftTrain, usableQueries } from '../sft.ts';
+import { batchQueries, curriculumK, curriculumSchedule, makeSftExample, sftTrain, usableQueries } from '../sft.ts';
 import { loadSftData } from '../sft-stage.ts';
 import { positiveFlags } from './flags.ts';
 
@@ -24,6 +26,8 @@ const { values: a } = parseArgs({
     batch: { type: 'string', default: '8' },
     lr: { type: 'string', default: '1e-3' },
     K: { type: 'string', default: '16' },
+    'k-start': { type: 'string' },
+    tasks: { type: 'string' },
     'no-icm': { type: 'boolean', default: false },
     data: { type: 'string', default: 'data/emoji-mbeir' },
     out: { type: 'string', default: 'runs/sft-answer-only' },
@@ -31,13 +35,20 @@ const { values: a } = parseArgs({
 });
 if (!a.base) throw new Error('--base <align final: a model with its ICM, or any model with --no-icm> is required');
 const { steps, batch, lr, K } = positiveFlags(a, ['steps', 'batch', 'lr', 'K']);
+const kStart = a['k-start'] === undefined ? K : positiveFlags(a, ['k-start'])['k-start'];
+console.log(`lists: ${curriculumSchedule(steps, K, kStart)}`);
 await init();
 const model = await Mllm.load(a.base);
 const icm = a['no-icm'] ? null : await Icm.load(a.base);
 if (!icm && !a['no-icm']) throw new Error(`${a.base} holds no ICM (icm.safetensors + icm.json): give an align final`);
 const data = await loadSftData(a.data!, model);
 const emojis = emojiIndex(data.attributes.values());
-const queries = usableQueries(data);
+// --tasks 4,6 keeps the training queries of those tasks only.
+const tasks = a.tasks?.split(',').map((t) => Number(t));
+if (tasks?.some((t) => !Number.isInteger(t))) throw new Error(`--tasks must be task ids separated by commas, got ${a.tasks}`);
+const queries = usableQueries(data).filter((q) => !tasks || tasks.includes(q.task_id));
+if (!queries.length) throw new Error(`no training queries of tasks ${a.tasks}`);
+console.log(`${queries.length} training queries${tasks ? ` of tasks ${tasks.join(', ')}` : ''}`);
 await sftTrain({
   model,
   runDir: a.out!,
@@ -53,7 +64,7 @@ await sftTrain({
   // The SFT stage's examples (same lists, answer positions and draws), with the trace cut to the answer.
   examples: (step) =>
     batchQueries(queries, batch, step, 1).map((q) => {
-      const ex = makeSftExample(model, data, emojis, q, { K, seed: 1, draw: step, maxInspections: 0, style: 'brief' });
+      const ex = makeSftExample(model, data, emojis, q, { K: curriculumK(step, steps, K, kStart), seed: 1, draw: step, maxInspections: 0, style: 'brief' });
       const text = `<think></think><answer>${ex.trace.answer}</answer>`;
       return { ...ex, trace: { ...ex.trace, text, inspections: [], sentences: [] }, traceIds: [...model.tokenizer.encode(text), model.tokenizer.specialIds.imEnd] };
     }),
