@@ -40,7 +40,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { init, noGrad, reshape, slice, tidy } from '../../runtime/index.ts';
-import { Icm, icmCompress, icmConfigFor } from '../../model/icm.ts';
+import { Icm, type IcmConfig, icmCompress, icmConfigFor } from '../../model/icm.ts';
 import { Mllm } from '../../model/mllm.ts';
 import { getPreset, withVocab } from '../../model/presets.ts';
 import type { CandidateInput } from '../../model/sequence.ts';
@@ -89,7 +89,8 @@ const loaded = a.icm ? await Icm.load(a.icm) : a['icm-fresh'] ? Icm.create(icmCo
 if (a.icm && !loaded) throw new Error(`${a.icm} holds no ICM`);
 if (a.centre && !loaded) throw new Error('--centre needs an ICM (--icm or --icm-fresh)');
 if (a.relation && !loaded) throw new Error('--relation needs an ICM (--icm or --icm-fresh)');
-const icm = loaded && (a.centre || a.relation) ? new Icm({ ...loaded.config, ...(a.centre ? { centre: true } : {}), ...(a.relation ? { relation: a.relation as 'mix' | 'compare' } : {}) }, loaded.params) : loaded;
+const settings: Partial<IcmConfig> = { ...(a.centre ? { centre: true } : {}), ...(a.relation ? { relation: a.relation as IcmConfig['relation'] } : {}) };
+const icm = loaded && Object.keys(settings).length ? new Icm({ ...loaded.config, ...settings }, loaded.params) : loaded;
 const compress = icm ? icmCompress(model, icm) : undefined;
 const system = a['short-prompt'] ? 'Pick the candidate that matches the query.' : undefined;
 

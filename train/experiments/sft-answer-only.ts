@@ -5,7 +5,8 @@
 // queries of queries_val.jsonl); never tune on the test split.
 //
 //   npx tsx train/experiments/sft-answer-only.ts --base <align final> [--steps 600]
-//     [--batch 8] [--lr 1e-3] [--K 16] [--k-start 4] [--tasks 4,6] [--no-icm] [--out runs/sft-answer-only]
+//     [--batch 8] [--lr 1e-3] [--K 16] [--k-start 4] [--tasks 4,6] [--no-icm]
+//     [--out runs/sft-answer-only]
 //
 // --k-start n: the SFT stage's K curriculum (n candidates first, doubling up to K).
 // --tasks 4,6: train on those tasks' queries only.
