@@ -285,7 +285,7 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
       const k = curriculumK(step, o.steps, K, kStart);
       return batchQueries(queries, o.batch, step, o.seed).map((q) => makeSftExample(model, data, emojis, q, { K: k, seed: o.seed, draw, maxInspections: maxIns, style: o.traceStyle }));
     };
-    what = `${queries.length} training queries, K ${kStart === K ? K : `${curriculumSchedule(o.steps, K, kStart)}`}`;
+    what = `${queries.length} training queries, K ${kStart === K ? K : curriculumSchedule(o.steps, K, kStart)}`;
   }
   const ckptDir = join(o.runDir, 'checkpoint');
   mkdirSync(o.runDir, { recursive: true });

@@ -118,6 +118,7 @@ console.log(`pointing: ${a.mode}, K ${K}, ${train.length} training and ${heldOut
 function example(from: readonly string[], rng: SeededRng, id: string): SftExample {
   const picked = new Set<string>();
   let answer: number;
+  let names: string[];
   if (a.hard) {
     // The match first, then others of its subcategory where it has enough, then any.
     const match = rng.pick(from);
@@ -127,13 +128,12 @@ function example(from: readonly string[], rng: SeededRng, id: string): SftExampl
     while (picked.size < K) picked.add(rng.pick(from));
     answer = rng.int(K);
     const others = [...picked].slice(1);
-    picked.clear();
-    [...others.slice(0, answer), match, ...others.slice(answer)].forEach((s) => picked.add(s));
+    names = [...others.slice(0, answer), match, ...others.slice(answer)];
   } else {
     while (picked.size < K) picked.add(rng.pick(from));
+    names = [...picked];
     answer = rng.int(K);
   }
-  const names = [...picked];
   const text = `<think></think><answer>${answer}</answer>`;
   return {
     qid: id,
