@@ -306,6 +306,8 @@ export interface AlignOptions {
   ceWeight?: number;
   /** Attention heads of the ICM (default: the LLM's). */
   heads?: number;
+  /** The new ICM centres its rows over each list (IcmConfig.centre; default off). */
+  centre?: boolean;
   /** Global gradient-norm clip (default 1). */
   clip?: number;
   onStep?: (s: AlignStep) => void;
@@ -339,7 +341,7 @@ export async function alignIcm(o: AlignOptions): Promise<{ model: Mllm; icm: Icm
   mkdirSync(o.runDir, { recursive: true });
   const resumeStep = savedStep(ckptDir);
   const start = resumeStep ?? 0;
-  const icm = resumeStep !== null ? (await Icm.load(ckptDir))! : Icm.create(icmConfigFor(model.config, o.heads), o.seed);
+  const icm = resumeStep !== null ? (await Icm.load(ckptDir))! : Icm.create({ ...icmConfigFor(model.config, o.heads), ...(o.centre ? { centre: true } : {}) }, o.seed);
   if (resumeStep !== null) log(`align: resuming from ${ckptDir} at step ${start}`);
   const restore = freeze(model);
   const params = icm.parameterList();
@@ -400,7 +402,7 @@ export async function alignIcm(o: AlignOptions): Promise<{ model: Mllm; icm: Icm
 //
 //   npx tsx train/align.ts --base runs/first-stage-tiny/pretrain/final [--data data/emoji-mbeir]
 //     [--run runs/align-tiny] [--steps 300] [--batch 8] [--lr 1e-3] [--k 8] [--rerank-share 0.5]
-//     [--ce 0] [--save-every 50] [--seed 1] [--quiet]
+//     [--ce 0] [--centre] [--save-every 50] [--seed 1] [--quiet]
 
 async function main(): Promise<void> {
   const { values: a } = parseArgs({
@@ -414,6 +416,7 @@ async function main(): Promise<void> {
       k: { type: 'string', default: '8' },
       'rerank-share': { type: 'string', default: '0.5' },
       ce: { type: 'string', default: '0' },
+      centre: { type: 'boolean', default: false },
       'save-every': { type: 'string', default: '50' },
       seed: { type: 'string', default: '1' },
       quiet: { type: 'boolean', default: false },
@@ -446,6 +449,7 @@ async function main(): Promise<void> {
     batch: num('batch', a.batch, 1),
     lr: num('lr', a.lr, 0, false),
     k: num('k', a.k, 1),
+    centre: a.centre,
     rerankShare: num('rerank-share', a['rerank-share'], 0, false),
     ceWeight: num('ce', a.ce, 0, false),
     saveEvery: num('save-every', a['save-every'], 1),

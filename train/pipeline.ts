@@ -49,12 +49,15 @@ export interface PipelineConfig {
   retriever: { steps: number; batch: number; lr: number; pooling: Pooling; batching: RetrieverBatching };
   /** Test queries per task for the first-stage recall table (0 = all). */
   firstStage: { perTask: number };
-  align: { steps: number; batch: number; lr: number };
+  /** centre: the new ICM centres its rows over each list (model/icm.ts IcmConfig.centre). */
+  align: { steps: number; batch: number; lr: number; centre: boolean };
   /**
    * traceStyle: the synthetic traces' wording (train/data/cot.ts: full or brief). kStart:
    * the K curriculum's first list length (train/sft.ts curriculumK; eval.K = none).
+   * easyShare: the share of the steps, from the start, whose lists take random negatives
+   * instead of hard ones (train/sft.ts randomNegatives; 0 = none).
    */
-  sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle; kStart: number };
+  sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle; kStart: number; easyShare: number };
   grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number };
   /**
    * Reranking evaluation: candidates per query, test queries (spread over the tasks), and
@@ -75,8 +78,8 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     pretrain: { steps: 300, batch: 16, lr: 3e-3 },
     retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed' },
     firstStage: { perTask: 40 },
-    align: { steps: 60, batch: 4, lr: 1e-3 },
-    sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16 },
+    align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
+    sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16, easyShare: 0 },
     grpo: { steps: 4, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 384, fixedLambda: 0.5 },
     eval: { K: 16, limit: 12, maxNewTokens: 384 },
     ablations: false,
@@ -88,8 +91,8 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     pretrain: { steps: 600, batch: 16, lr: 2e-3 },
     retriever: { steps: 400, batch: 32, lr: 5e-4, pooling: 'mean', batching: 'mixed' },
     firstStage: { perTask: 0 },
-    align: { steps: 150, batch: 8, lr: 1e-3 },
-    sft: { steps: 300, batch: 8, lr: 5e-4, traceStyle: 'brief', kStart: 16 },
+    align: { steps: 150, batch: 8, lr: 1e-3, centre: false },
+    sft: { steps: 300, batch: 8, lr: 5e-4, traceStyle: 'brief', kStart: 16, easyShare: 0 },
     grpo: { steps: 30, batch: 4, group: 4, lr: 2e-5, maxNewTokens: 384, fixedLambda: 0.5 },
     eval: { K: 16, limit: 100, maxNewTokens: 384 },
     ablations: true,
@@ -144,6 +147,7 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   if (!Number.isInteger(cfg.sft.kStart) || cfg.sft.kStart < 1 || cfg.sft.kStart > cfg.eval.K) {
     throw new Error(`${nameOrFile}.sft.kStart: ${cfg.sft.kStart} must be an integer from 1 to eval.K = ${cfg.eval.K}`);
   }
+  if (!(cfg.sft.easyShare >= 0 && cfg.sft.easyShare <= 1)) throw new Error(`${nameOrFile}.sft.easyShare: ${cfg.sft.easyShare} must be a number from 0 to 1`);
   return cfg;
 }
 

@@ -59,6 +59,8 @@ export interface SftStageOptions {
   K?: number;
   /** The K curriculum's first list length (train/sft.ts curriculumK; default K, none). */
   kStart?: number;
+  /** The share of the steps, from the start, whose lists take random negatives (train/sft.ts randomNegatives; default 0). */
+  easyShare?: number;
   /** Inspections per trace at most (default 3; forced to 0 by noInspect). */
   maxInspections?: number;
   /** Wording of the synthetic traces (train/data/cot.ts; default full). */
@@ -100,6 +102,8 @@ export interface SftStageRecord {
   K: number;
   /** The K curriculum's first list length (K: none). */
   k_start: number;
+  /** The share of the steps whose lists took random negatives (0: none). */
+  easy_share: number;
   steps: number;
   batch: number;
   lr: number;
@@ -226,6 +230,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       seed,
       K,
       kStart: o.kStart,
+      easyShare: o.easyShare,
       maxInspections,
       traceStyle: o.traceStyle,
       compress: icm ? icmCompress(model, icm) : undefined,
@@ -263,6 +268,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       trace_style: o.traceStyle ?? 'full',
       K,
       k_start: o.kStart ?? K,
+      easy_share: o.easyShare ?? 0,
       steps: o.steps,
       batch: o.batch,
       lr: o.lr,

@@ -63,6 +63,8 @@ export interface ExampleOptions {
   maxInspections: number;
   /** Trace wording (train/data/cot.ts); default full. */
   style?: TraceStyle;
+  /** Take the query's hard negatives (default true); false = random pool items only. */
+  hardNegatives?: boolean;
 }
 
 /** One example for query `q` (host side; images are preprocessed, nothing runs on the GPU). */
@@ -70,7 +72,7 @@ export function makeSftExample(model: Mllm, data: SftData, emojis: ReadonlyMap<s
   const qa = data.queryAttributes.get(q.qid);
   if (!qa) throw new Error(`sft: query ${q.qid} has no row in query_attributes`);
   const pool = data.taskPools.get(q.task_id) ?? [...data.byDid.keys()];
-  const ids = candidateList(q, { K: o.K, seed: o.seed, draw: o.draw, firstStage: data.firstStage, pool, attributes: data.attributes });
+  const ids = candidateList(q, { K: o.K, seed: o.seed, draw: o.draw, firstStage: data.firstStage, pool, attributes: data.attributes, hardNegatives: o.hardNegatives });
   const trace = synthesizeTrace(q, qa, ids, data.attributes, emojis, { seed: o.seed, draw: o.draw, maxInspections: o.maxInspections, style: o.style });
   const candidates = ids.map((d) => {
     const c = data.byDid.get(d);
@@ -132,6 +134,12 @@ export interface SftOptions {
    * double, in equal shares of the steps, up to K. Default K (no curriculum).
    */
   kStart?: number;
+  /**
+   * A curriculum over the negatives (randomNegatives): this share of the steps, from the
+   * start, fills the lists with random pool items instead of the query's hard negatives.
+   * Default 0 (hard negatives throughout).
+   */
+  easyShare?: number;
   /** Inspections per trace at most (default 3; 0 = traces without inspection). */
   maxInspections?: number;
   /** Trace wording of the synthetic traces (default full). */
@@ -247,6 +255,17 @@ export function curriculumK(step: number, steps: number, K: number, kStart: numb
   return Math.min(K, kStart * 2 ** share);
 }
 
+/**
+ * Whether a step's lists take random negatives instead of hard ones: the first `easyShare`
+ * of the steps do. A match is learned sooner among unrelated candidates than among the
+ * same subcategory's (train/experiments/pointing.ts --hard), and the benchmark's hard
+ * negatives include other skin tones of the positive's own emoji.
+ */
+export function randomNegatives(step: number, steps: number, easyShare: number): boolean {
+  if (!(easyShare >= 0 && easyShare <= 1)) throw new RangeError(`sft: easyShare must be a number from 0 to 1, got ${easyShare}`);
+  return step < Math.round(easyShare * steps);
+}
+
 /** The curriculum in words, e.g. "4 (steps 1-200), 8 (steps 201-400), 16 (steps 401-600)". */
 export function curriculumSchedule(steps: number, K: number, kStart: number): string {
   const parts: string[] = [];
@@ -280,12 +299,16 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
     if (!queries.length) throw new Error('sft: no usable training queries (each needs a positive and attribute rows)');
     const emojis = emojiIndex(data.attributes.values());
     const kStart = o.kStart ?? K;
+    const easyShare = o.easyShare ?? 0;
+    randomNegatives(0, o.steps, easyShare); // validates it before the first step
     source = (step) => {
       const draw = o.redraw === false ? 0 : step;
       const k = curriculumK(step, o.steps, K, kStart);
-      return batchQueries(queries, o.batch, step, o.seed).map((q) => makeSftExample(model, data, emojis, q, { K: k, seed: o.seed, draw, maxInspections: maxIns, style: o.traceStyle }));
+      const hardNegatives = !randomNegatives(step, o.steps, easyShare);
+      return batchQueries(queries, o.batch, step, o.seed).map((q) => makeSftExample(model, data, emojis, q, { K: k, seed: o.seed, draw, maxInspections: maxIns, style: o.traceStyle, hardNegatives }));
     };
-    what = `${queries.length} training queries, K ${kStart === K ? K : curriculumSchedule(o.steps, K, kStart)}`;
+    const easySteps = Math.round(easyShare * o.steps);
+    what = `${queries.length} training queries, K ${kStart === K ? K : curriculumSchedule(o.steps, K, kStart)}${easySteps ? `, random negatives for steps 1-${easySteps}` : ''}`;
   }
   const ckptDir = join(o.runDir, 'checkpoint');
   mkdirSync(o.runDir, { recursive: true });

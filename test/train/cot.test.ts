@@ -187,4 +187,23 @@ describe('synthetic chains of thought', () => {
     const shuffled = candidateList(q, { K: 5, seed: 1, pool, attributes: attrs, firstStage: fs });
     expect([...shuffled].sort()).toEqual([...top].sort());
   });
+
+  it('candidate lists without hard negatives: the positive and random same-split fillers', () => {
+    const q = train.find((x) => x.neg_cand_list.length >= 5)!;
+    const pool = bench.taskPools.get(q.task_id)!;
+    const hard = new Set(q.neg_cand_list);
+    let hardInEasy = 0;
+    for (let draw = 0; draw < 20; draw++) {
+      const easy = candidateList(q, { K: 6, seed: 1, draw, pool, attributes: attrs, shuffle: false, hardNegatives: false });
+      expect(easy[0]).toBe(q.pos_cand_list[0]);
+      expect(new Set(easy).size).toBe(6);
+      for (const d of easy) expect(attrs.get(d)!.split).toBe('train');
+      hardInEasy += easy.filter((d) => hard.has(d)).length;
+      // The default list of the same draw holds five hard negatives.
+      expect(candidateList(q, { K: 6, seed: 1, draw, pool, attributes: attrs, shuffle: false }).filter((d) => hard.has(d))).toHaveLength(5);
+    }
+    // 100 random fillers from a pool of hundreds: a hard negative only by chance.
+    expect(pool.length).toBeGreaterThan(200);
+    expect(hardInEasy).toBeLessThan(5);
+  });
 });

@@ -51,8 +51,8 @@ describe('pipeline end to end', () => {
       pretrain: { steps: 3, batch: 4, lr: 3e-3 },
       retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'mean', batching: 'task' },
       firstStage: { perTask: 2 },
-      align: { steps: 2, batch: 2, lr: 1e-3 },
-      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief', kStart: 2 },
+      align: { steps: 2, batch: 2, lr: 1e-3, centre: true },
+      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief', kStart: 2, easyShare: 0.5 },
       grpo: { steps: 1, batch: 1, group: 2, lr: 1e-5, maxNewTokens: 12, fixedLambda: 0.5 },
       eval: { K: 4, limit: 2, maxNewTokens: 12 },
       ablations: false,
@@ -63,6 +63,9 @@ describe('pipeline end to end', () => {
     const s = stageDirs(runDir);
     for (const d of [s.pretrain, s.retriever, s.align, s.sft, s.grpo]) expect(existsSync(join(d, 'final', 'config.json')), d).toBe(true);
     expect(existsSync(join(s.firstStage, 'first-stage-recall.json'))).toBe(true);
+    // The config's switches reach the stages: the ICM centres, the SFT record keeps its curriculum.
+    expect(JSON.parse(readFileSync(join(s.align, 'final', 'icm.json'), 'utf8')).centre).toBe(true);
+    expect(JSON.parse(readFileSync(join(s.sft, 'final', 'sft.json'), 'utf8'))).toMatchObject({ k_start: 2, easy_share: 0.5 });
     const table = JSON.parse(readFileSync(join(s.table, 'table.json'), 'utf8')) as { rows: { name: string; queries: number }[] };
     expect(table.rows.map((r) => r.name)).toEqual(['First stage alone', 'zero-shot reranking', 'SFT', 'SFT + GRPO (full)']);
     for (const r of table.rows) expect(r.queries).toBe(2);

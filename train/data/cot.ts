@@ -66,11 +66,17 @@ export interface CandidateListOptions {
   shuffle?: boolean;
   /** Mixed into the seed (e.g. the training step, for new draws each epoch). */
   draw?: number;
+  /**
+   * Without a first-stage ranking: take the query's hard negatives (default true); false
+   * fills the list with random pool items only, an easier list for the start of training.
+   */
+  hardNegatives?: boolean;
 }
 
 /**
  * The K candidates of a query: the first-stage top-K when available, else the first
- * positive, the hard negatives and random pool items of the same split. With
+ * positive, the hard negatives (unless hardNegatives is false) and random pool items of
+ * the same split. With
  * includePositive, a list without a positive gets the first positive in its last slot.
  */
 export function candidateList(q: MbeirQuery, o: CandidateListOptions): string[] {
@@ -91,7 +97,7 @@ export function candidateList(q: MbeirQuery, o: CandidateListOptions): string[] 
   } else {
     list = [];
     if (includePositive) list.push(q.pos_cand_list[0]);
-    for (const d of q.neg_cand_list) if (list.length < K && !list.includes(d)) list.push(d);
+    if (o.hardNegatives ?? true) for (const d of q.neg_cand_list) if (list.length < K && !list.includes(d)) list.push(d);
   }
   if (list.length < K) {
     const split = o.split ?? o.attributes.get(q.pos_cand_list[0])?.split;

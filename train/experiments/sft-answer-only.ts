@@ -5,10 +5,11 @@
 // queries of queries_val.jsonl); never tune on the test split.
 //
 //   npx tsx train/experiments/sft-answer-only.ts --base <align final> [--steps 600]
-//     [--batch 8] [--lr 1e-3] [--K 16] [--k-start 4] [--tasks 4,6] [--no-icm]
+//     [--batch 8] [--lr 1e-3] [--K 16] [--k-start 4] [--easy-share 0.5] [--tasks 4,6] [--no-icm]
 //     [--out runs/sft-answer-only]
 //
 // --k-start n: the SFT stage's K curriculum (n candidates first, doubling up to K).
+// --easy-share f: the SFT stage's negatives curriculum (random negatives for that share of the steps).
 // --tasks 4,6: train on those tasks' queries only.
 // --no-icm gives every candidate its full tokens (the base may then be any pre-trained model).
 import { parseArgs } from 'node:util';
@@ -16,7 +17,7 @@ import { init } from '../../runtime/index.ts';
 import { Icm, icmCompress } from '../../model/icm.ts';
 import { Mllm } from '../../model/mllm.ts';
 import { emojiIndex } from '../data/cot.ts';
-import { batchQueries, curriculumK, curriculumSchedule, makeSftExample, sftTrain, usableQueries } from '../sft.ts';
+import { batchQueries, curriculumK, curriculumSchedule, makeSftExample, randomNegatives, sftTrain, usableQueries } from '../sft.ts';
 import { loadSftData } from '../sft-stage.ts';
 import { positiveFlags } from './flags.ts';
 
@@ -28,6 +29,7 @@ const { values: a } = parseArgs({
     lr: { type: 'string', default: '1e-3' },
     K: { type: 'string', default: '16' },
     'k-start': { type: 'string' },
+    'easy-share': { type: 'string', default: '0' },
     tasks: { type: 'string' },
     'no-icm': { type: 'boolean', default: false },
     data: { type: 'string', default: 'data/emoji-mbeir' },
@@ -37,7 +39,9 @@ const { values: a } = parseArgs({
 if (!a.base) throw new Error('--base <align final: a model with its ICM, or any model with --no-icm> is required');
 const { steps, batch, lr, K } = positiveFlags(a, ['steps', 'batch', 'lr', 'K']);
 const kStart = a['k-start'] === undefined ? K : positiveFlags(a, ['k-start'])['k-start'];
-console.log(`lists: ${curriculumSchedule(steps, K, kStart)}`);
+const easyShare = Number(a['easy-share']);
+randomNegatives(0, steps, easyShare); // validates the flag
+console.log(`lists: ${curriculumSchedule(steps, K, kStart)}; random negatives for the first ${Math.round(easyShare * steps)} steps`);
 await init();
 const model = await Mllm.load(a.base);
 const icm = a['no-icm'] ? null : await Icm.load(a.base);
@@ -65,7 +69,14 @@ await sftTrain({
   // The SFT stage's examples (same lists, answer positions and draws), with the trace cut to the answer.
   examples: (step) =>
     batchQueries(queries, batch, step, 1).map((q) => {
-      const ex = makeSftExample(model, data, emojis, q, { K: curriculumK(step, steps, K, kStart), seed: 1, draw: step, maxInspections: 0, style: 'brief' });
+      const ex = makeSftExample(model, data, emojis, q, {
+        K: curriculumK(step, steps, K, kStart),
+        seed: 1,
+        draw: step,
+        maxInspections: 0,
+        style: 'brief',
+        hardNegatives: !randomNegatives(step, steps, easyShare),
+      });
       const text = `<think></think><answer>${ex.trace.answer}</answer>`;
       return { ...ex, trace: { ...ex.trace, text, inspections: [], sentences: [] }, traceIds: [...model.tokenizer.encode(text), model.tokenizer.specialIds.imEnd] };
     }),
