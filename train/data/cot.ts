@@ -76,8 +76,8 @@ export interface CandidateListOptions {
 /**
  * The K candidates of a query: the first-stage top-K when available, else the first
  * positive, the hard negatives (unless hardNegatives is false) and random pool items of
- * the same split. With
- * includePositive, a list without a positive gets the first positive in its last slot.
+ * the same split. With includePositive, a list without a positive gets the first positive
+ * in its last slot.
  */
 export function candidateList(q: MbeirQuery, o: CandidateListOptions): string[] {
   const K = o.K ?? 16;
