@@ -55,7 +55,7 @@ export interface PipelineConfig {
    * traceStyle: the synthetic traces' wording (train/data/cot.ts: full or brief). kStart:
    * the K curriculum's first list length (train/sft.ts curriculumK; eval.K = none).
    * easyShare: the share of the steps, from the start, whose lists take random negatives
-   * instead of hard ones (train/sft.ts randomNegatives; 0 = none).
+   * instead of hard ones (train/sft.ts randomNegativeSteps; 0 = none).
    */
   sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle; kStart: number; easyShare: number };
   grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number };

@@ -59,7 +59,7 @@ export interface SftStageOptions {
   K?: number;
   /** The K curriculum's first list length (train/sft.ts curriculumK; default K, none). */
   kStart?: number;
-  /** The share of the steps, from the start, whose lists take random negatives (train/sft.ts randomNegatives; default 0). */
+  /** The share of the steps, from the start, whose lists take random negatives (train/sft.ts randomNegativeSteps; default 0). */
   easyShare?: number;
   /** Inspections per trace at most (default 3; forced to 0 by noInspect). */
   maxInspections?: number;

@@ -1,6 +1,6 @@
 // The SFT stage's K curriculum: list lengths per step worked out by hand.
 import { describe, expect, it } from 'vitest';
-import { curriculumK, curriculumSchedule, randomNegatives } from '../../train/sft.ts';
+import { curriculumK, curriculumSchedule, randomNegativeSteps } from '../../train/sft.ts';
 
 const lengths = (steps: number, K: number, kStart: number) => Array.from({ length: steps }, (_, s) => curriculumK(s, steps, K, kStart));
 
@@ -30,14 +30,14 @@ describe('K curriculum', () => {
 describe('negatives curriculum', () => {
   it('gives random negatives to the first easyShare of the steps', () => {
     // 0.5 of 10 steps: steps 0-4; 0.25 of 10 rounds 2.5 up to 3: steps 0-2.
-    expect(Array.from({ length: 10 }, (_, s) => randomNegatives(s, 10, 0.5))).toEqual([true, true, true, true, true, false, false, false, false, false]);
-    expect(Array.from({ length: 10 }, (_, s) => randomNegatives(s, 10, 0.25)).filter(Boolean)).toHaveLength(3);
-    expect(randomNegatives(0, 10, 0)).toBe(false);
-    expect(randomNegatives(9, 10, 1)).toBe(true);
+    expect(randomNegativeSteps(10, 0.5)).toBe(5);
+    expect(randomNegativeSteps(10, 0.25)).toBe(3);
+    expect(randomNegativeSteps(10, 0)).toBe(0);
+    expect(randomNegativeSteps(10, 1)).toBe(10);
   });
 
   it('refuses a share outside 0..1', () => {
-    expect(() => randomNegatives(0, 10, 1.5)).toThrow(/easyShare must be a number from 0 to 1, got 1.5/);
-    expect(() => randomNegatives(0, 10, Number.NaN)).toThrow(/got NaN/);
+    expect(() => randomNegativeSteps(10, 1.5)).toThrow(/easyShare must be a number from 0 to 1, got 1.5/);
+    expect(() => randomNegativeSteps(10, Number.NaN)).toThrow(/got NaN/);
   });
 });

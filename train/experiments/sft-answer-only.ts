@@ -17,7 +17,7 @@ import { init } from '../../runtime/index.ts';
 import { Icm, icmCompress } from '../../model/icm.ts';
 import { Mllm } from '../../model/mllm.ts';
 import { emojiIndex } from '../data/cot.ts';
-import { batchQueries, curriculumK, curriculumSchedule, makeSftExample, randomNegatives, sftTrain, usableQueries } from '../sft.ts';
+import { batchQueries, curriculumK, curriculumSchedule, makeSftExample, randomNegativeSteps, sftTrain, usableQueries } from '../sft.ts';
 import { loadSftData } from '../sft-stage.ts';
 import { positiveFlags } from './flags.ts';
 
@@ -39,9 +39,8 @@ const { values: a } = parseArgs({
 if (!a.base) throw new Error('--base <align final: a model with its ICM, or any model with --no-icm> is required');
 const { steps, batch, lr, K } = positiveFlags(a, ['steps', 'batch', 'lr', 'K']);
 const kStart = a['k-start'] === undefined ? K : positiveFlags(a, ['k-start'])['k-start'];
-const easyShare = Number(a['easy-share']);
-randomNegatives(0, steps, easyShare); // validates the flag
-console.log(`lists: ${curriculumSchedule(steps, K, kStart)}; random negatives for the first ${Math.round(easyShare * steps)} steps`);
+const easySteps = randomNegativeSteps(steps, Number(a['easy-share']));
+console.log(`lists: ${curriculumSchedule(steps, K, kStart)}; random negatives for the first ${easySteps} steps`);
 await init();
 const model = await Mllm.load(a.base);
 const icm = a['no-icm'] ? null : await Icm.load(a.base);
@@ -75,7 +74,7 @@ await sftTrain({
         draw: step,
         maxInspections: 0,
         style: 'brief',
-        hardNegatives: !randomNegatives(step, steps, easyShare),
+        hardNegatives: step >= easySteps,
       });
       const text = `<think></think><answer>${ex.trace.answer}</answer>`;
       return { ...ex, trace: { ...ex.trace, text, inspections: [], sentences: [] }, traceIds: [...model.tokenizer.encode(text), model.tokenizer.specialIds.imEnd] };
