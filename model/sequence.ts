@@ -159,6 +159,11 @@ export interface RerankPromptOptions {
    * keep the full tokens for that candidate.
    */
   compress?: (candidate: CandidateInput, index: number) => Tensor | null;
+  /**
+   * The number written before each candidate (default: its position). Training may number
+   * a short list as part of a longer one, so that every index of the long list is a target.
+   */
+  labels?: readonly number[];
 }
 
 export const DEFAULT_SYSTEM =
@@ -180,6 +185,9 @@ export function contentParts(x: QueryInput): Part[] {
  * ("query") and each candidate ("cand:i", covering its content only).
  */
 export function rerankParts(query: QueryInput, candidates: readonly CandidateInput[], opts: RerankPromptOptions = {}): { parts: Part[]; marks: { at: number; label: string; until: number }[] } {
+  if (opts.labels && opts.labels.length !== candidates.length) {
+    throw new RangeError(`sequence: ${opts.labels.length} labels for ${candidates.length} candidates`);
+  }
   const parts: Part[] = [];
   const marks: { at: number; label: string; until: number }[] = [];
   parts.push({ text: `${SPECIAL.imStart}system\n${opts.system ?? DEFAULT_SYSTEM}${SPECIAL.imEnd}\n${SPECIAL.imStart}user\nQuery: ` });
@@ -188,7 +196,7 @@ export function rerankParts(query: QueryInput, candidates: readonly CandidateInp
   parts.push(...q);
   parts.push({ text: '\nCandidates:\n' });
   candidates.forEach((c, i) => {
-    parts.push({ text: `${SPECIAL.candStart}${i} ` });
+    parts.push({ text: `${SPECIAL.candStart}${opts.labels?.[i] ?? i} ` });
     const compressed = opts.compress?.(c, i) ?? null;
     const body: Part[] = compressed ? [{ embeds: compressed, label: `cand:${i}` }] : contentParts(c);
     marks.push({ at: parts.length, label: `cand:${i}`, until: parts.length + body.length });

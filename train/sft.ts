@@ -53,6 +53,8 @@ export interface SftExample {
   trace: Trace;
   /** The assistant's tokens: the trace, then <|im_end|>. */
   traceIds: number[];
+  /** The numbers the prompt writes before the candidates (default their positions; model/sequence.ts). */
+  labels?: number[];
 }
 
 export interface ExampleOptions {
@@ -89,7 +91,7 @@ export function makeSftExample(model: Mllm, data: SftData, emojis: ReadonlyMap<s
  * Call inside the loss closure: the compressed rows belong to the autograd graph.
  */
 export function sftSequence(model: Mllm, ex: SftExample, maxInspections: number, compress?: CompressFactory, system?: string): TraceLayout & { targets: Int32Array } {
-  const prompt = rerankParts(ex.query, ex.candidates, { system, compress: compress?.(ex.query, ex.candidates) });
+  const prompt = rerankParts(ex.query, ex.candidates, { system, compress: compress?.(ex.query, ex.candidates), labels: ex.labels });
   // Every inspection of a synthetic trace is valid; the cap only guards against a bad trace.
   const t = traceLayout(model, prompt, ex.candidates, ex.traceIds, Math.max(maxInspections, ex.trace.inspections.length));
   if (t.inspections.length !== ex.trace.inspections.length) {
@@ -265,6 +267,18 @@ export function curriculumK(step: number, steps: number, K: number, kStart: numb
 export function randomNegativeSteps(steps: number, easyShare: number): number {
   if (!(easyShare >= 0 && easyShare <= 1)) throw new RangeError(`sft: easyShare must be a number from 0 to 1, got ${easyShare}`);
   return Math.round(easyShare * steps);
+}
+
+/**
+ * Numbers for a K-candidate list drawn as an ordered part of 0..range-1 (distinct,
+ * increasing), from (seed, key). A list of 4 numbered this way makes every index up to
+ * range - 1 an answer target, where a list numbered 0-3 leaves the digits 4-15 untrained
+ * for a later K = 16 (each K step of the curriculum sent task 4 back to chance).
+ */
+export function spreadLabels(K: number, range: number, seed: number, key: string): number[] {
+  if (!Number.isInteger(range) || range < K) throw new RangeError(`sft: labels must be drawn from at least K = ${K} numbers, got ${range}`);
+  const all = Array.from({ length: range }, (_, i) => i);
+  return rngFor(seed, key).shuffle(all).slice(0, K).sort((a, b) => a - b);
 }
 
 /** The curriculum in words, e.g. "4 (steps 1-200), 8 (steps 201-400), 16 (steps 401-600)". */

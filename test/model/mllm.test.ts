@@ -9,7 +9,7 @@ import { type Preprocessed, preprocess } from '../../model/image.ts';
 import { Mllm, type MllmConfig } from '../../model/mllm.ts';
 import { PRESETS, withVocab } from '../../model/presets.ts';
 import { rerankParts } from '../../model/sequence.ts';
-import { trainBpe } from '../../model/tokenizer.ts';
+import { SPECIAL, trainBpe } from '../../model/tokenizer.ts';
 import { expectClose } from '../helpers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'retrv-mllm-'));
@@ -68,6 +68,18 @@ describe('multimodal model', () => {
     expect(tok.decode(lf.ids.slice(span(lf, 'cand:3').start, span(lf, 'cand:3').end))).toBe('a yellow cross');
     two.dispose();
     for (const t of model.params.values()) t.dispose();
+  });
+
+  it('labels replace the numbers written before the candidates, and must match their count', () => {
+    const cands = captions.slice(0, 3).map((text) => ({ text }));
+    const text = (p: ReturnType<typeof rerankParts>) => p.parts.map((x) => ('text' in x ? x.text : '')).join('');
+    expect(text(rerankParts({ text: 'red' }, cands))).toContain(`${SPECIAL.candStart}0 a red square`);
+    const labelled = text(rerankParts({ text: 'red' }, cands, { labels: [2, 9, 14] }));
+    expect(labelled).toContain(`${SPECIAL.candStart}2 ${captions[0]}${SPECIAL.candEnd}`);
+    expect(labelled).toContain(`${SPECIAL.candStart}9 ${captions[1]}${SPECIAL.candEnd}`);
+    expect(labelled).toContain(`${SPECIAL.candStart}14 ${captions[2]}${SPECIAL.candEnd}`);
+    expect(labelled).not.toContain(`${SPECIAL.candStart}0 `);
+    expect(() => rerankParts({ text: 'red' }, cands, { labels: [1, 2] })).toThrow(/2 labels for 3 candidates/);
   });
 
   it('a tiny model overfits one batch of image+caption examples, and a checkpoint reloads it', async () => {

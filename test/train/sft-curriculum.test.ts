@@ -1,6 +1,6 @@
 // The SFT stage's K curriculum: list lengths per step worked out by hand.
 import { describe, expect, it } from 'vitest';
-import { curriculumK, curriculumSchedule, randomNegativeSteps } from '../../train/sft.ts';
+import { curriculumK, curriculumSchedule, randomNegativeSteps, spreadLabels } from '../../train/sft.ts';
 
 const lengths = (steps: number, K: number, kStart: number) => Array.from({ length: steps }, (_, s) => curriculumK(s, steps, K, kStart));
 
@@ -39,5 +39,27 @@ describe('negatives curriculum', () => {
   it('refuses a share outside 0..1', () => {
     expect(() => randomNegativeSteps(10, 1.5)).toThrow(/easyShare must be a number from 0 to 1, got 1.5/);
     expect(() => randomNegativeSteps(10, Number.NaN)).toThrow(/got NaN/);
+  });
+});
+
+describe('spread labels', () => {
+  it('draws K distinct increasing numbers below the range, reproducibly per key', () => {
+    const seen = new Set<number>();
+    for (let k = 0; k < 200; k++) {
+      const l = spreadLabels(4, 16, 1, `q${k}`);
+      expect(l).toHaveLength(4);
+      for (let i = 1; i < 4; i++) expect(l[i]).toBeGreaterThan(l[i - 1]);
+      expect(l[0]).toBeGreaterThanOrEqual(0);
+      expect(l[3]).toBeLessThan(16);
+      l.forEach((x) => seen.add(x));
+    }
+    // Every index of a 16-list turns up over 200 lists (each is missed with probability (3/4)^200).
+    expect(seen.size).toBe(16);
+    expect(spreadLabels(4, 16, 1, 'q7')).toEqual(spreadLabels(4, 16, 1, 'q7'));
+    expect(spreadLabels(4, 4, 1, 'q7')).toEqual([0, 1, 2, 3]);
+  });
+
+  it('refuses a range smaller than the list', () => {
+    expect(() => spreadLabels(4, 3, 1, 'q')).toThrow(/at least K = 4 numbers, got 3/);
   });
 });

@@ -6,18 +6,20 @@
 //
 //   npx tsx train/experiments/sft-answer-only.ts --base <align final> [--steps 600]
 //     [--batch 8] [--lr 1e-3] [--K 16] [--k-start 4] [--easy-share 0.5] [--tasks 4,6] [--no-icm]
-//     [--out runs/sft-answer-only]
+//     [--labels-from 16] [--out runs/sft-answer-only]
 //
 // --k-start n: the SFT stage's K curriculum (n candidates first, doubling up to K).
 // --easy-share f: the SFT stage's negatives curriculum (random negatives for that share of the steps).
 // --tasks 4,6: train on those tasks' queries only.
+// --labels-from n: each list is numbered with K increasing numbers drawn from 0..n-1 (the
+//   answer is the positive's number), so a K = 4 run trains every answer index of a K = n list.
 // --no-icm gives every candidate its full tokens (the base may then be any pre-trained model).
 import { parseArgs } from 'node:util';
 import { init } from '../../runtime/index.ts';
 import { Icm, icmCompress } from '../../model/icm.ts';
 import { Mllm } from '../../model/mllm.ts';
 import { emojiIndex } from '../data/cot.ts';
-import { batchQueries, curriculumK, curriculumSchedule, makeSftExample, randomNegativeSteps, sftTrain, usableQueries } from '../sft.ts';
+import { batchQueries, curriculumK, curriculumSchedule, makeSftExample, randomNegativeSteps, sftTrain, spreadLabels, usableQueries } from '../sft.ts';
 import { loadSftData } from '../sft-stage.ts';
 import { positiveFlags } from './flags.ts';
 
@@ -31,6 +33,7 @@ const { values: a } = parseArgs({
     'k-start': { type: 'string' },
     'easy-share': { type: 'string', default: '0' },
     tasks: { type: 'string' },
+    'labels-from': { type: 'string' },
     'no-icm': { type: 'boolean', default: false },
     data: { type: 'string', default: 'data/emoji-mbeir' },
     out: { type: 'string', default: 'runs/sft-answer-only' },
@@ -40,7 +43,9 @@ if (!a.base) throw new Error('--base <align final: a model with its ICM, or any 
 const { steps, batch, lr, K } = positiveFlags(a, ['steps', 'batch', 'lr', 'K']);
 const kStart = a['k-start'] === undefined ? K : positiveFlags(a, ['k-start'])['k-start'];
 const easySteps = randomNegativeSteps(steps, Number(a['easy-share']));
-console.log(`lists: ${curriculumSchedule(steps, K, kStart)}; random negatives for the first ${easySteps} steps`);
+const labelsFrom = a['labels-from'] === undefined ? 0 : positiveFlags(a, ['labels-from'])['labels-from'];
+if (labelsFrom && labelsFrom < K) throw new Error(`--labels-from must be at least --K (${K}), got ${labelsFrom}`);
+console.log(`lists: ${curriculumSchedule(steps, K, kStart)}; random negatives for the first ${easySteps} steps${labelsFrom ? `; numbered from 0-${labelsFrom - 1}` : ''}`);
 await init();
 const model = await Mllm.load(a.base);
 const icm = a['no-icm'] ? null : await Icm.load(a.base);
@@ -76,8 +81,9 @@ await sftTrain({
         style: 'brief',
         hardNegatives: step >= easySteps,
       });
-      const text = `<think></think><answer>${ex.trace.answer}</answer>`;
-      return { ...ex, trace: { ...ex.trace, text, inspections: [], sentences: [] }, traceIds: [...model.tokenizer.encode(text), model.tokenizer.specialIds.imEnd] };
+      const labels = labelsFrom ? spreadLabels(ex.candidates.length, labelsFrom, 1, `${q.qid}:${step}`) : undefined;
+      const text = `<think></think><answer>${labels ? labels[ex.trace.answer] : ex.trace.answer}</answer>`;
+      return { ...ex, labels, trace: { ...ex.trace, text, inspections: [], sentences: [] }, traceIds: [...model.tokenizer.encode(text), model.tokenizer.specialIds.imEnd] };
     }),
   onStep: (s) => {
     if (s.step % 50 === 0 || s.step + 1 === steps) console.log(`step ${s.step + 1}/${steps}  loss ${s.loss.toFixed(3)}  ${s.ms.toFixed(0)} ms`);
