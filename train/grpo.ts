@@ -61,6 +61,7 @@ import { Icm, icmCompress } from '../model/icm.ts';
 import { type CompressFactory, type RerankResult, rerankGenerateBatch, traceLayout } from '../model/inspect.ts';
 import { Mllm } from '../model/mllm.ts';
 import { type CandidateInput, type QueryInput, type SequenceLayout, collate, rerankParts } from '../model/sequence.ts';
+import { writeFileAtomic } from './atomic-write.ts';
 import { candidateList } from './data/cot.ts';
 import type { EmojiAttributes } from './data/emoji-benchmark.ts';
 import { ImageStore, candidateInput, queryInput } from './data/inputs.ts';
@@ -290,17 +291,6 @@ function copyInto(dst: Tensor, src: Tensor, what: string): void {
   getEngine().copy(src.buf, src.offset * 4, dst.buf, dst.offset * 4, dst.size * 4);
 }
 
-function writeAtomic(path: string, text: string): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  try {
-    writeFileSync(tmp, text);
-    renameSync(tmp, path);
-  } catch (e) {
-    rmSync(tmp, { force: true });
-    throw e;
-  }
-}
-
 /** Keeps the log lines of steps before `start` (a resumed run rewrites the rest). */
 function truncateLog(path: string, start: number): void {
   if (!existsSync(path)) return;
@@ -312,7 +302,7 @@ function truncateLog(path: string, start: number): void {
       return false;
     }
   });
-  if (kept.length !== lines.length) writeAtomic(path, kept.map((l) => l + '\n').join(''));
+  if (kept.length !== lines.length) writeFileAtomic(path, kept.map((l) => l + '\n').join(''));
 }
 
 const mean = (xs: readonly number[]) => (xs.length ? xs.reduce((a, x) => a + x, 0) / xs.length : 0);

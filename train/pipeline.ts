@@ -27,6 +27,7 @@ import { getPreset } from '../model/presets.ts';
 import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from './data/emoji-benchmark.ts';
 import { ImageStore } from './data/inputs.ts';
 import { TRACE_STYLES, type TraceStyle } from './data/cot.ts';
+import { writeJsonAtomic } from './atomic-write.ts';
 import { evaluateFirstStage } from './eval/first-stage-eval.ts';
 import { formatRecallTable } from './eval/recall.ts';
 import { type TableRowSpec, type TableSpec, formatTerminalTable, runAblationTable } from './eval/table.ts';
@@ -229,8 +230,19 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
   log(`run: ${o.runDir} (preset ${preset.name})`);
   const started = performance.now();
 
-  // One stage's work under a progress display that fails cleanly on error.
-  const run = <T>(label: string, total: number, fn: (p: Progress) => Promise<T>) => withProgress({ label, total, quiet }, fn);
+  // One stage's work under a progress display that fails cleanly on error; its wall time
+  // is logged and kept in <run>/stage-times.json (a resumed stage records its last part).
+  const timesFile = join(o.runDir, 'stage-times.json');
+  const run = async <T>(label: string, total: number, fn: (p: Progress) => Promise<T>) => {
+    const t0 = performance.now();
+    const out = await withProgress({ label, total, quiet }, fn);
+    const seconds = Math.round((performance.now() - t0) / 1000);
+    log(`${label}: ${seconds} s`);
+    const times: Record<string, number> = existsSync(timesFile) ? JSON.parse(readFileSync(timesFile, 'utf8')) : {};
+    times[label] = seconds;
+    writeJsonAtomic(timesFile, times);
+    return out;
+  };
   // A stage's own lines: to the caller's log when one is given, else above the bar.
   const via = (p: Progress) => (line: string) => (o.log ? o.log(line) : p.log(line));
 

@@ -17,7 +17,7 @@
 // resumed run sees the batches it would have seen. Checkpoints: outDir/step-NNNNNN/ holds
 // the retriever checkpoint plus optimizer.safetensors and state.json; outDir/latest.json
 // names the newest complete one (written last, atomically); older ones are pruned.
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   AdamW,
@@ -45,6 +45,7 @@ import { Rng } from '../runtime/random.ts';
 import { CorpusIndex, type EmbedPoolOptions, type PoolItem, retrieve } from '../model/corpus-index.ts';
 import { Retriever } from '../model/retriever.ts';
 import type { QueryInput } from '../model/sequence.ts';
+import { writeJsonAtomic } from './atomic-write.ts';
 import { type ImageStore, candidateInput, queryInput } from './data/inputs.ts';
 import type { MbeirCandidate, MbeirQuery } from './data/mbeir-types.ts';
 
@@ -170,12 +171,6 @@ export function latestCheckpoint(outDir: string): { dir: string; step: number } 
   if (!existsSync(path)) return null;
   const { dir, step } = JSON.parse(readFileSync(path, 'utf8')) as { dir: string; step: number };
   return { dir: join(outDir, dir), step };
-}
-
-function writeJsonAtomic(path: string, value: unknown): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');
-  renameSync(tmp, path);
 }
 
 /**
@@ -334,13 +329,53 @@ export async function rankWithRetriever(
   k: number,
   opts: EmbedPoolOptions = {},
 ): Promise<Map<string, string[]>> {
-  const index = await CorpusIndex.build(model, pool, opts);
+  return rankGroupsWithRetriever(model, [{ pool, queries, k }], opts);
+}
+
+/** One ranking job of rankGroupsWithRetriever: queries that rank their own pool. */
+export interface RankGroup {
+  pool: readonly PoolItem[];
+  queries: readonly { qid: string; input: QueryInput }[];
+  /** Ids per query (capped at the pool's size). */
+  k: number;
+}
+
+/**
+ * Rankings of several groups (e.g. each task's queries over its local pool) with every
+ * distinct candidate embedded once: our tasks 4 and 6 share one pool, which holds task 0's
+ * too, so per-group embedding did 13280 candidates where 7593 are distinct. Each group
+ * then searches an index of its own pool's rows. Progress counts distinct candidates.
+ */
+export async function rankGroupsWithRetriever(model: Retriever, groups: readonly RankGroup[], opts: EmbedPoolOptions = {}): Promise<Map<string, string[]>> {
+  const distinct = new Map<string, PoolItem>();
+  for (const g of groups) for (const item of g.pool) if (!distinct.has(item.id)) distinct.set(item.id, item);
+  const all = await CorpusIndex.build(model, [...distinct.values()], opts);
+  const out = new Map<string, string[]>();
   try {
-    const r = await retrieve(model, index, queries.map((q) => q.input), k, { batchSize: opts.batchSize });
-    return new Map(queries.map((q, i) => [q.qid, r.ids[i]]));
+    const rows = await all.embeddings();
+    const rowOf = new Map(all.ids.map((id, i) => [id, i]));
+    const dim = all.dim;
+    for (const g of groups) {
+      const data = new Float32Array(g.pool.length * dim);
+      g.pool.forEach((item, j) => {
+        const r = rowOf.get(item.id)!;
+        data.set(rows.subarray(r * dim, (r + 1) * dim), j * dim);
+      });
+      const index = new CorpusIndex(dim);
+      try {
+        const emb = fromArray(data, [g.pool.length, dim]);
+        index.add(g.pool.map((item) => item.id), emb, true);
+        emb.dispose();
+        const r = await retrieve(model, index, g.queries.map((q) => q.input), Math.min(g.k, g.pool.length), { batchSize: opts.batchSize });
+        g.queries.forEach((q, i) => out.set(q.qid, r.ids[i]));
+      } finally {
+        index.dispose();
+      }
+    }
   } finally {
-    index.dispose();
+    all.dispose();
   }
+  return out;
 }
 
 export type RetrieverBatching = 'mixed' | 'task';

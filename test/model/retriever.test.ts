@@ -12,7 +12,7 @@ import { Mllm, type MllmConfig } from '../../model/mllm.ts';
 import { PRESETS, withVocab } from '../../model/presets.ts';
 import { DEFAULT_PROMPT, Retriever, l2Normalize } from '../../model/retriever.ts';
 import { trainBpe } from '../../model/tokenizer.ts';
-import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankWithRetriever, taskBatchedTripleSource, trainRetriever } from '../../train/retriever.ts';
+import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankGroupsWithRetriever, rankWithRetriever, taskBatchedTripleSource, trainRetriever } from '../../train/retriever.ts';
 import { computeRecall } from '../../train/eval/recall.ts';
 import { expectClose } from '../helpers.ts';
 
@@ -225,6 +225,26 @@ describe('retriever training', () => {
     const report = computeRecall(triples.map((t, i) => ({ qid: `q${i}`, task_id: i < 4 ? 3 : 1, pos_cand_list: [t.positiveId!] })), ranked, [1, 5]);
     expect(report.micro['R@1']).toBeGreaterThanOrEqual(0.75);
     for (const t of report.tasks) expect(t.recall['R@1']).toBeGreaterThanOrEqual(0.5);
+
+    // Two groups whose pools overlap: each candidate is embedded once (progress counts the
+    // 8 distinct ones), and each group's ranking is the whole pool's ranking kept to its own pool.
+    const whole = await rankWithRetriever(retriever, pool, queries, pool.length);
+    const groupA = pool.filter((_, i) => i < 4 || i % 2 === 0);
+    const groupB = pool.slice(2);
+    const totals = new Set<number>();
+    const grouped = await rankGroupsWithRetriever(
+      retriever,
+      [
+        { pool: groupA, queries: queries.slice(0, 4), k: 3 },
+        { pool: groupB, queries: queries.slice(4), k: 3 },
+      ],
+      { batchSize: 3, onProgress: (_done, total) => totals.add(total) },
+    );
+    expect([...totals]).toEqual([pool.length]);
+    queries.forEach((q, i) => {
+      const own = new Set((i < 4 ? groupA : groupB).map((c) => c.id));
+      expect(grouped.get(q.qid)).toEqual(whole.get(q.qid)!.filter((id) => own.has(id)).slice(0, 3));
+    });
     retriever.dispose();
   });
 

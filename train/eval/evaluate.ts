@@ -28,7 +28,7 @@ import { readConfig } from '../../model/checkpoint.ts';
 import { ImageStore, candidateInput, queryInput } from '../data/inputs.ts';
 import type { MbeirCandidate, MbeirQuery } from '../data/mbeir-types.ts';
 import { type BenchmarkMeta, type Issue, checkImages, dropRows, formatIssue, readPool, readQueries, resolveAgainstPool, summarizeLoad, writeTextAtomic } from '../data/mbeir.ts';
-import { rankWithRetriever } from '../retriever.ts';
+import { rankGroupsWithRetriever } from '../retriever.ts';
 import { icmCompress } from '../../model/icm.ts';
 import { checkMllmFolder, loadIcmFor } from '../sft-stage.ts';
 import { taskName } from './recall.ts';
@@ -246,20 +246,15 @@ export async function firstStageRankings(o: {
       if (!g) groups.set(key, (g = { pool: localIds.get(t) ?? whole, queries: [] }));
       g.queries.push(...o.data.queries.filter((q) => q.task_id === t));
     }
-    const rankings = new Map<string, string[]>();
-    const total = [...groups.values()].reduce((a, g) => a + g.pool.length, 0);
-    let before = 0;
-    for (const g of groups.values()) {
-      const ranked = await rankWithRetriever(
-        retriever,
-        g.pool.map((c) => ({ id: c.did, input: () => candidateInput(c, images) })),
-        g.queries.map((q) => ({ qid: q.qid, input: queryInput(q, images) })),
-        Math.min(o.depth, g.pool.length),
-        { batchSize: 64, onProgress: (done) => o.onProgress?.(before + done, total) },
-      );
-      before += g.pool.length;
-      for (const [k, v] of ranked) rankings.set(k, v);
-    }
+    const rankings = await rankGroupsWithRetriever(
+      retriever,
+      [...groups.values()].map((g) => ({
+        pool: g.pool.map((c) => ({ id: c.did, input: () => candidateInput(c, images) })),
+        queries: g.queries.map((q) => ({ qid: q.qid, input: queryInput(q, images) })),
+        k: o.depth,
+      })),
+      { batchSize: 64, onProgress: o.onProgress },
+    );
     const pools = [...groups.keys()].every((k) => k !== 'whole pool') ? 'local pool per task' : groups.size === 1 ? 'whole pool' : 'local pools where given, else the whole pool';
     return { rankings, pools, peakGpuBytes: stats().peakBytes };
   } finally {

@@ -8,7 +8,7 @@ import type { Retriever } from '../../model/retriever.ts';
 import type { loadBenchmark } from '../data/emoji-benchmark.ts';
 import { type ImageStore, baselineCandidate, baselineQuery, candidateInput, queryInput } from '../data/inputs.ts';
 import type { MbeirQuery } from '../data/mbeir-types.ts';
-import { rankWithRetriever } from '../retriever.ts';
+import { rankGroupsWithRetriever } from '../retriever.ts';
 import { type RecallReport, computeRecall, randomRankings, trivialRankings, writeRecallJson } from './recall.ts';
 
 type Benchmark = Awaited<ReturnType<typeof loadBenchmark>>;
@@ -42,19 +42,20 @@ export async function evaluateFirstStage(o: FirstStageEvalOptions): Promise<Reco
   }
   const rankings = { retriever: new Map<string, string[]>(), random: new Map<string, string[]>(), trivial: new Map<string, string[]>() };
   const t0 = performance.now();
+  const pools = new Map(tasks.map((t) => [t, (bench.taskPools.get(t) ?? bench.pool.map((c) => c.did)).map((d) => byDid.get(d)!)]));
+  const ranked = await rankGroupsWithRetriever(
+    o.retriever,
+    tasks.map((t) => ({
+      pool: pools.get(t)!.map((c) => ({ id: c.did, input: () => candidateInput(c, images) })),
+      queries: testQueries.filter((q) => q.task_id === t).map((q) => ({ qid: q.qid, input: queryInput(q, images) })),
+      k: 10,
+    })),
+    { batchSize: 64, onProgress: (done, total) => o.onProgress?.('embedding the pools', done, total) },
+  );
+  for (const [k, v] of ranked) rankings.retriever.set(k, v);
   for (const t of tasks) {
-    const qs = testQueries.filter((q) => q.task_id === t);
-    const pool = (bench.taskPools.get(t) ?? bench.pool.map((c) => c.did)).map((d) => byDid.get(d)!);
-    const ranked = await rankWithRetriever(
-      o.retriever,
-      pool.map((c) => ({ id: c.did, input: () => candidateInput(c, images) })),
-      qs.map((q) => ({ qid: q.qid, input: queryInput(q, images) })),
-      10,
-      { batchSize: 64, onProgress: (done, total) => o.onProgress?.(`task ${t}: embedding the pool`, done, total) },
-    );
-    for (const [k, v] of ranked) rankings.retriever.set(k, v);
-    const bq = qs.map((q) => baselineQuery(q, images));
-    const bc = pool.map((c) => baselineCandidate(c, images));
+    const bq = testQueries.filter((q) => q.task_id === t).map((q) => baselineQuery(q, images));
+    const bc = pools.get(t)!.map((c) => baselineCandidate(c, images));
     for (const [k, v] of randomRankings(bq, bc, { k: 10, seed })) rankings.random.set(k, v);
     for (const [k, v] of trivialRankings(bq, bc, { k: 10, seed })) rankings.trivial.set(k, v);
   }
