@@ -86,17 +86,19 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     ablations: false,
   },
   small: {
+    // Sized from per-stage timings on lavapipe (2 cores) to finish in about an hour;
+    // no ablations (a config file adds them: `{"base": "small", "ablations": true}`).
     preset: 'small',
     data: 'data/emoji-mbeir',
     seed: 1,
-    pretrain: { steps: 600, batch: 16, lr: 2e-3 },
-    retriever: { steps: 400, batch: 32, lr: 5e-4, pooling: 'mean', batching: 'mixed' },
+    pretrain: { steps: 450, batch: 16, lr: 2e-3 },
+    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed' },
     firstStage: { perTask: 0 },
-    align: { steps: 150, batch: 8, lr: 1e-3, centre: false },
-    sft: { steps: 300, batch: 8, lr: 5e-4, traceStyle: 'brief', kStart: 16, easyShare: 0 },
-    grpo: { steps: 30, batch: 4, group: 4, lr: 2e-5, maxNewTokens: 384, fixedLambda: 0.5 },
-    eval: { K: 16, limit: 100, maxNewTokens: 384 },
-    ablations: true,
+    align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
+    sft: { steps: 60, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 4, easyShare: 0.5 },
+    grpo: { steps: 4, batch: 2, group: 4, lr: 2e-5, maxNewTokens: 384, fixedLambda: 0.5 },
+    eval: { K: 16, limit: 30, maxNewTokens: 384 },
+    ablations: false,
   },
 };
 
