@@ -21,7 +21,9 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { join } from 'node:path';
 import {
   type Tensor,
+  add,
   attention,
+  embedding,
   expand,
   fromArray,
   indexSelect,
@@ -78,6 +80,13 @@ export interface IcmConfig {
    * vendor mode). Like `centre`, it makes a candidate's rows depend on its list.
    */
   relation?: 'mix' | 'compare';
+  /**
+   * Add to both rows of candidate i the mean token embedding of its index as the prompt
+   * writes it (indexTagRows). The answer must name the matched candidate's index; without
+   * the tag that index is only in the tokens before the candidate, a second step the small
+   * models did not learn (README: lists numbered from 0-15). Absent (off) in older configs.
+   */
+  indexTag?: boolean;
 }
 
 /** The three attention steps: content, candidate-over-query, relationship. */
@@ -97,6 +106,7 @@ export function icmConfigFor(model: { llm: { hidden: number; heads: number; rmsE
 
 export function validateIcmConfig(c: IcmConfig): void {
   if (c.centre !== undefined && typeof c.centre !== 'boolean') throw new RangeError(`icm config: centre must be true or false, got ${JSON.stringify(c.centre)}`);
+  if (c.indexTag !== undefined && typeof c.indexTag !== 'boolean') throw new RangeError(`icm config: indexTag must be true or false, got ${JSON.stringify(c.indexTag)}`);
   if (c.relation !== undefined && c.relation !== 'mix' && c.relation !== 'compare') {
     throw new RangeError(`icm config: relation must be 'mix' or 'compare', got ${JSON.stringify(c.relation)}`);
   }
@@ -296,7 +306,8 @@ export class Icm {
       for (const grp of groups) {
         const n = grp.candidates.length;
         const rowsOf = groups.length === 1 ? out : slice(out, 0, at, at + n);
-        result.push(this.config.centre ? sub(rowsOf, mean(rowsOf, 0, true)) : rowsOf);
+        const centred = this.config.centre ? sub(rowsOf, mean(rowsOf, 0, true)) : rowsOf;
+        result.push(this.config.indexTag ? add(centred, indexTagRows(model, n)) : centred);
         at += n;
       }
       return result;
@@ -419,6 +430,29 @@ export function compressHook(rows: Tensor): (candidate: CandidateInput, index: n
     if (!Number.isInteger(i) || i < 0 || i >= rows.shape[0]) throw new RangeError(`compressHook: candidate ${i} is outside the ${rows.shape[0]} compressed candidates`);
     return squeeze(slice(rows, 0, i, i + 1), 0);
   };
+}
+
+/**
+ * [K, 2, D]: row pair i holds, twice, the mean token embedding of `${i}` (the index the
+ * prompt writes before candidate i and the answer names), through the model's own
+ * embedding table so that training moves it with the tied head.
+ */
+export function indexTagRows(model: Mllm, K: number): Tensor {
+  const ids: number[] = [];
+  const spans = Array.from({ length: K }, (_, i) => {
+    const t = model.tokenizer.encode(`${i}`);
+    ids.push(...t);
+    return t.length;
+  });
+  const avg = new Float32Array(K * ids.length);
+  let at = 0;
+  spans.forEach((n, i) => {
+    for (let j = 0; j < n; j++) avg[i * ids.length + at + j] = 1 / n;
+    at += n;
+  });
+  const rows = embedding(model.llm.p('model.embed_tokens.weight'), fromArray(Int32Array.from(ids), [ids.length], 'i32'));
+  const tags = matmul(fromArray(avg, [K, ids.length]), rows);
+  return stack([tags, tags], 1);
 }
 
 /** The reranker's ICM hook factory: each prompt's candidates compressed in one batch. */

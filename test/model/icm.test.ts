@@ -1,5 +1,5 @@
 // The Information Compression Module: output shape and the rerank hook, padding
-// invariance, the mean-of-tokens start, centring over the list, gradients to every
+// invariance, the mean-of-tokens start, centring over the list, index tags, gradients to every
 // parameter and input (both relation kinds) against finite differences of a float64 CPU
 // reference, and the checkpoint round trip.
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -268,6 +268,39 @@ describe('information compression module', () => {
       },
       eps: 1e-4,
     });
+  });
+
+  it('with indexTag on, adds to both rows of candidate i the mean embedding of the tokens of its index', async () => {
+    const model = Mllm.create(config, tok, 11);
+    const plain = Icm.create(icmConfigFor(config), 12);
+    const tagged = new Icm({ ...plain.config, indexTag: true }, plain.params);
+    const D = config.llm.hidden;
+    // 12 candidates, so that indices 10 and 11 are written with two tokens each.
+    const many = [...candidates, ...candidates, ...candidates];
+    const before = noGrad(() => plain.compressMany(model, query, many));
+    const after = noGrad(() => tagged.compressMany(model, query, many));
+    const x = await before.toArray();
+    const table = await model.llm.p('model.embed_tokens.weight').toArray();
+    const want = new Float64Array(many.length * 2 * D);
+    for (let i = 0; i < many.length; i++) {
+      const ids = tok.encode(`${i}`);
+      if (i >= 10) expect(ids.length).toBe(2);
+      for (let r = 0; r < 2; r++) for (let d = 0; d < D; d++) {
+        let tag = 0;
+        for (const id of ids) tag += table[id * D + d] / ids.length;
+        want[(i * 2 + r) * D + d] = x[(i * 2 + r) * D + d] + tag;
+      }
+    }
+    expectClose(await after.toArray(), want, 1e-6, 1e-5, 'tagged rows');
+    disposeAll([before, after]);
+    const ck = join(dir, 'tagged');
+    await tagged.save(ck);
+    const reloaded = (await Icm.load(ck))!;
+    expect(reloaded.config.indexTag).toBe(true);
+    reloaded.dispose();
+    expect(() => new Icm({ ...plain.config, indexTag: 1 as unknown as boolean }, plain.params)).toThrow(/indexTag must be true or false/);
+    plain.dispose();
+    disposeAll(model.parameterList());
   });
 
   it('saves and loads its weights beside the model; a checkpoint without them still loads', async () => {

@@ -6,13 +6,15 @@
 //
 //   npx tsx train/experiments/sft-answer-only.ts --base <align final> [--steps 600]
 //     [--batch 8] [--lr 1e-3] [--K 16] [--k-start 4] [--easy-share 0.5] [--tasks 4,6] [--no-icm]
-//     [--labels-from 16] [--out runs/sft-answer-only]
+//     [--labels-from 16] [--index-tag] [--out runs/sft-answer-only]
 //
 // --k-start n: the SFT stage's K curriculum (n candidates first, doubling up to K).
 // --easy-share f: the SFT stage's negatives curriculum (random negatives for that share of the steps).
 // --tasks 4,6: train on those tasks' queries only.
 // --labels-from n: each list is numbered with K increasing numbers drawn from 0..n-1 (the
 //   answer is the positive's number), so a K = 4 run trains every answer index of a K = n list.
+// --index-tag: the ICM adds each candidate's index embedding to its rows (IcmConfig.indexTag;
+//   kept in the saved icm.json, so evaluation tags the same way).
 // --no-icm gives every candidate its full tokens (the base may then be any pre-trained model).
 import { parseArgs } from 'node:util';
 import { init } from '../../runtime/index.ts';
@@ -34,6 +36,7 @@ const { values: a } = parseArgs({
     'easy-share': { type: 'string', default: '0' },
     tasks: { type: 'string' },
     'labels-from': { type: 'string' },
+    'index-tag': { type: 'boolean', default: false },
     'no-icm': { type: 'boolean', default: false },
     data: { type: 'string', default: 'data/emoji-mbeir' },
     out: { type: 'string', default: 'runs/sft-answer-only' },
@@ -50,6 +53,11 @@ await init();
 const model = await Mllm.load(a.base);
 const icm = a['no-icm'] ? null : await Icm.load(a.base);
 if (!icm && !a['no-icm']) throw new Error(`${a.base} holds no ICM (icm.safetensors + icm.json): give an align final`);
+if (a['index-tag']) {
+  if (!icm) throw new Error('--index-tag needs the ICM (drop --no-icm)');
+  if (labelsFrom) throw new Error('--index-tag tags candidates by position; it cannot be combined with --labels-from');
+  icm.config.indexTag = true;
+}
 const data = await loadSftData(a.data!, model);
 const emojis = emojiIndex(data.attributes.values());
 // --tasks 4,6 keeps the training queries of those tasks only.
