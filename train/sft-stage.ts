@@ -31,7 +31,7 @@ import type { EmojiAttributes, EmojiQueryAttributes } from './data/emoji-benchma
 import { loadBenchmark, readSideTable } from './data/emoji-benchmark.ts';
 import { TRACE_STYLES, type TraceStyle } from './data/cot.ts';
 import { ImageStore } from './data/inputs.ts';
-import { writeTextAtomic } from './data/mbeir.ts';
+import { writeTextAtomic } from './atomic-write.ts';
 import { type SftData, type SftStepInfo, sftTrain } from './sft.ts';
 
 export const SFT_DONE_FILE = 'sft.json';

@@ -6,7 +6,8 @@
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { TASKS } from './mbeir-types.ts';
-import { formatIssue, writeTextAtomic } from './mbeir.ts';
+import { formatIssue } from './mbeir.ts';
+import { writeTextAtomic } from '../atomic-write.ts';
 import { buildEmojiBenchmark, loadBenchmark, writeEmojiBenchmark } from './emoji-benchmark.ts';
 import { buildSceneBenchmark, writeSceneBenchmark } from './scenes.ts';
 import { SPLITS } from './seeded.ts';

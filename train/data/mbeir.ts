@@ -11,6 +11,7 @@ import { createInterface } from 'node:readline';
 import { decodeImage } from '../../model/image.ts';
 import { MODALITIES, type MbeirCandidate, type MbeirQuery, type Modality } from './mbeir-types.ts';
 import { SPLITS, type Split } from './seeded.ts';
+import { writeTextAtomic } from '../atomic-write.ts';
 
 // ---------------------------------------------------------------- issues
 
@@ -482,22 +483,6 @@ export async function writeJsonl(path: string, rows: Iterable<unknown> | AsyncIt
     throw e;
   }
   return n;
-}
-
-/** Writes a text file atomically (temp + rename). */
-export async function writeTextAtomic(path: string, text: string): Promise<void> {
-  await mkdir(dirname(resolve(path)), { recursive: true });
-  const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
-  const fh = await open(tmp, 'w');
-  try {
-    await fh.write(text);
-    await fh.close();
-    await rename(tmp, path);
-  } catch (e) {
-    await fh.close().catch(() => {});
-    await unlink(tmp).catch(() => {});
-    throw e;
-  }
 }
 
 // ---------------------------------------------------------------- any M-BEIR files

@@ -16,9 +16,8 @@
 //     mean of the sides both have (a text query against an image-only candidate has no
 //     common side: score 0, i.e. random order). Ties, common there, are broken by a
 //     seeded random order, never by pool order.
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { Rng } from '../../runtime/random.ts';
+import { writeJsonAtomic } from '../atomic-write.ts';
 import { TASKS } from '../data/mbeir-types.ts';
 
 export const DEFAULT_KS = [1, 5, 10];
@@ -144,10 +143,7 @@ export function formatRecallTable(reports: RecallReport | Record<string, RecallR
 
 /** Writes reports as JSON (atomically). */
 export function writeRecallJson(path: string, value: RecallReport | Record<string, RecallReport>): void {
-  mkdirSync(dirname(path), { recursive: true });
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');
-  renameSync(tmp, path);
+  writeJsonAtomic(path, value);
 }
 
 // ---------------------------------------------------------------- baselines
