@@ -56,7 +56,7 @@ program
     const { loadPipelineConfig, runPipeline } = await import('../train/pipeline.ts');
     await runPipeline({ config: loadPipelineConfig(o.config), runDir: o.run, quiet: o.quiet, command: `retrv demo --run ${o.run} --config ${o.config}` });
     console.log(`\nThe run is in ${o.run} (open ${join(o.run, 'report.html')} in a browser).`);
-    console.log('Bigger runs: `retrv train --stage all --config small --run runs/small` (hours on a 2-core software adapter,');
+    console.log('Bigger runs: `retrv train --stage all --config small --run runs/small` (about 50 minutes on a 2-core software adapter,');
     console.log('far less on a GPU), or a JSON config file overriding any setting (see train/pipeline.ts).');
   });
 

@@ -14,8 +14,8 @@
 //
 // A stage whose final output exists is skipped; an interrupted stage resumes from its
 // checkpoint (each stage's own mechanism). Settings come from a named config (tiny: the
-// demo, minutes on a 2-core software adapter; small: hours there, not yet timed end to
-// end) or a JSON file that overrides one. Candidate lists for SFT and GRPO are drawn
+// demo, minutes on a 2-core software adapter; small: about 50 minutes there) or a JSON
+// file that overrides one. Candidate lists for SFT and GRPO are drawn
 // from the positive, its hard negatives and random train-pool items (train/data/cot.ts),
 // not from first-stage rankings of training queries: the first stage is evaluated on test
 // queries only.
