@@ -2,7 +2,7 @@
 // (or a crash) never sees half a file; the temp file is removed when the write fails.
 // Sync forms for small state files written between steps; an async form for the rest.
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { mkdir, open, rename, unlink } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, rename, unlink } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 
 const tempName = (path: string) => `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
@@ -24,12 +24,13 @@ export function writeJsonAtomic(path: string, value: unknown): void {
   writeFileAtomic(path, JSON.stringify(value, null, 2) + '\n');
 }
 
-export async function writeTextAtomic(path: string, text: string): Promise<void> {
+/** Opens a temp file, lets `write` fill it, then renames it over `path`. */
+export async function writeHandleAtomic(path: string, write: (fh: FileHandle) => Promise<void>): Promise<void> {
   await mkdir(dirname(resolve(path)), { recursive: true });
   const tmp = tempName(path);
   const fh = await open(tmp, 'w');
   try {
-    await fh.write(text);
+    await write(fh);
     await fh.close();
     await rename(tmp, path);
   } catch (e) {
@@ -37,4 +38,10 @@ export async function writeTextAtomic(path: string, text: string): Promise<void>
     await unlink(tmp).catch(() => {});
     throw e;
   }
+}
+
+export async function writeTextAtomic(path: string, text: string): Promise<void> {
+  await writeHandleAtomic(path, async (fh) => {
+    await fh.write(text);
+  });
 }

@@ -5,13 +5,13 @@
 // prints them. Lenient where the real release needs it (numeric ids, null or empty
 // query_txt, extra fields such as query_src_content), strict where a row is unusable.
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
-import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { isAbsolute, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { decodeImage } from '../../model/image.ts';
 import { MODALITIES, type MbeirCandidate, type MbeirQuery, type Modality } from './mbeir-types.ts';
 import { SPLITS, type Split } from './seeded.ts';
-import { writeTextAtomic } from '../atomic-write.ts';
+import { writeHandleAtomic, writeTextAtomic } from '../atomic-write.ts';
 
 // ---------------------------------------------------------------- issues
 
@@ -460,11 +460,8 @@ export async function checkImages(
  * string.
  */
 export async function writeJsonl(path: string, rows: Iterable<unknown> | AsyncIterable<unknown>): Promise<number> {
-  await mkdir(dirname(resolve(path)), { recursive: true });
-  const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
-  const fh = await open(tmp, 'w');
   let n = 0;
-  try {
+  await writeHandleAtomic(path, async (fh) => {
     let chunk = '';
     for await (const row of rows as AsyncIterable<unknown>) {
       chunk += JSON.stringify(row) + '\n';
@@ -475,13 +472,7 @@ export async function writeJsonl(path: string, rows: Iterable<unknown> | AsyncIt
       }
     }
     if (chunk.length > 0) await fh.write(chunk);
-    await fh.close();
-    await rename(tmp, path);
-  } catch (e) {
-    await fh.close().catch(() => {});
-    await unlink(tmp).catch(() => {});
-    throw e;
-  }
+  });
   return n;
 }
 
