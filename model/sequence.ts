@@ -162,6 +162,7 @@ export interface RerankPromptOptions {
   /**
    * The number written before each candidate (default: its position). Training may number
    * a short list as part of a longer one, so that every index of the long list is a target.
+   * Inspections still name positions (model/inspect.ts); the caller maps an answer.
    */
   labels?: readonly number[];
 }

@@ -273,7 +273,8 @@ export function randomNegativeSteps(steps: number, easyShare: number): number {
  * Numbers for a K-candidate list drawn as an ordered part of 0..range-1 (distinct,
  * increasing), from (seed, key). A list of 4 numbered this way makes every index up to
  * range - 1 an answer target, where a list numbered 0-3 leaves the digits 4-15 untrained
- * for a later K = 16 (each K step of the curriculum sent task 4 back to chance).
+ * for a later K = 16 (each K step of the curriculum sent task 4 back to chance). Reading
+ * these numbers was not learned on task 4 at K = 4 (README, the table in miniature).
  */
 export function spreadLabels(K: number, range: number, seed: number, key: string): number[] {
   if (!Number.isInteger(range) || range < K) throw new RangeError(`sft: labels must be drawn from at least K = ${K} numbers, got ${range}`);
