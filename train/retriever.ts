@@ -352,30 +352,45 @@ export async function rankGroupsWithRetriever(model: Retriever, groups: readonly
   const all = await CorpusIndex.build(model, [...distinct.values()], opts);
   const out = new Map<string, string[]>();
   try {
-    const rows = await all.embeddings();
+    // A group whose pool is every distinct candidate searches the full index itself (one
+    // group, as in rankWithRetriever, needs no readback); the others get an index of their rows.
+    const whole = (g: RankGroup) => g.pool.length === all.size && new Set(g.pool.map((c) => c.id)).size === all.size;
+    const rows = groups.every(whole) ? null : await all.embeddings();
     const rowOf = new Map(all.ids.map((id, i) => [id, i]));
     const dim = all.dim;
     for (const g of groups) {
-      const data = new Float32Array(g.pool.length * dim);
-      g.pool.forEach((item, j) => {
-        const r = rowOf.get(item.id)!;
-        data.set(rows.subarray(r * dim, (r + 1) * dim), j * dim);
-      });
-      const index = new CorpusIndex(dim);
+      const index = whole(g) ? all : subsetIndex(g.pool, rows!, rowOf, dim);
       try {
-        const emb = fromArray(data, [g.pool.length, dim]);
-        index.add(g.pool.map((item) => item.id), emb, true);
-        emb.dispose();
         const r = await retrieve(model, index, g.queries.map((q) => q.input), Math.min(g.k, g.pool.length), { batchSize: opts.batchSize });
         g.queries.forEach((q, i) => out.set(q.qid, r.ids[i]));
       } finally {
-        index.dispose();
+        if (index !== all) index.dispose();
       }
     }
   } finally {
     all.dispose();
   }
   return out;
+}
+
+/** An index of a pool's rows copied from embeddings already on the host (already normalised). */
+function subsetIndex(pool: readonly PoolItem[], rows: Float32Array, rowOf: ReadonlyMap<string, number>, dim: number): CorpusIndex {
+  const data = new Float32Array(pool.length * dim);
+  pool.forEach((item, j) => {
+    const r = rowOf.get(item.id)!;
+    data.set(rows.subarray(r * dim, (r + 1) * dim), j * dim);
+  });
+  const index = new CorpusIndex(dim);
+  const emb = fromArray(data, [pool.length, dim]);
+  try {
+    index.add(pool.map((item) => item.id), emb, true);
+  } catch (e) {
+    index.dispose();
+    throw e;
+  } finally {
+    emb.dispose();
+  }
+  return index;
 }
 
 export type RetrieverBatching = 'mixed' | 'task';
