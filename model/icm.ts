@@ -455,7 +455,9 @@ export function indexTagRows(model: Mllm, K: number): Tensor {
   return stack([tags, tags], 1);
 }
 
-/** The reranker's ICM hook factory: each prompt's candidates compressed in one batch. */
+/** The reranker's ICM hook factory: each prompt's candidates compressed in one batch, or several prompts' together (`many`). */
 export function icmCompress(model: Mllm, icm: Icm): CompressFactory {
-  return (query, candidates) => compressHook(icm.compressMany(model, query, candidates));
+  return Object.assign((query: QueryInput, candidates: readonly CandidateInput[]) => compressHook(icm.compressMany(model, query, candidates)), {
+    many: (prompts: readonly CompressGroup[]) => icm.compressGroups(model, prompts).map(compressHook),
+  });
 }

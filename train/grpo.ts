@@ -58,7 +58,7 @@ import {
   tidyAsync,
 } from '../runtime/index.ts';
 import { Icm, icmCompress } from '../model/icm.ts';
-import { type CompressFactory, type RerankResult, rerankGenerateBatch, traceLayout } from '../model/inspect.ts';
+import { type CompressFactory, type RerankResult, compressPrompts, rerankGenerateBatch, traceLayout } from '../model/inspect.ts';
 import { Mllm } from '../model/mllm.ts';
 import { type CandidateInput, type QueryInput, type SequenceLayout, collate, rerankParts } from '../model/sequence.ts';
 import { writeFileAtomic } from './atomic-write.ts';
@@ -239,7 +239,7 @@ export function completionLogProbs(
   o: { system?: string; compress?: CompressFactory; maxInspections: number; prefixLength?: number },
 ): { logp: Tensor; lengths: number[] } {
   const skip = o.prefixLength ?? 0;
-  const hooks = prompts.map((p) => o.compress?.(p.query, p.candidates));
+  const hooks = compressPrompts(o.compress, prompts);
   const layouts: SequenceLayout[] = [];
   const rows: { seq: number; at: number }[] = [];
   const targets: number[] = [];
@@ -395,12 +395,10 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
 
       // 2. G completions per prompt in one decoding batch.
       const results = await tidyAsync(() => {
-        const requests = noGrad(() =>
-          prompts.flatMap((p) => {
-            const compress = policyCompress?.(p.query, p.candidates);
-            return Array.from({ length: G }, () => ({ query: p.query, candidates: p.candidates, compress }));
-          }),
-        );
+        const requests = noGrad(() => {
+          const hooks = compressPrompts(policyCompress, prompts);
+          return prompts.flatMap((p, i) => Array.from({ length: G }, () => ({ query: p.query, candidates: p.candidates, compress: hooks[i] })));
+        });
         return rerankGenerateBatch(model, requests, {
           maxNewTokens: o.maxNewTokens ?? 256,
           temperature: o.temperature ?? 1,

@@ -20,7 +20,7 @@ import { appendFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Tensor, AdamW, crossEntropy, cosineSchedule, fromArray, getEngine, loadSafetensors, reshape, saveSafetensors, shapeStr } from '../runtime/index.ts';
 import { loadCheckpointTensors } from '../model/checkpoint.ts';
-import { type CompressFactory, type TraceLayout, maskedTargets, traceLayout } from '../model/inspect.ts';
+import { type CompressFactory, type TraceLayout, compressPrompts, maskedTargets, traceLayout } from '../model/inspect.ts';
 import { Mllm } from '../model/mllm.ts';
 import { type CandidateInput, type QueryInput, rerankParts } from '../model/sequence.ts';
 import { type EmojiInfo, type Trace, type TraceStyle, candidateList, emojiIndex, synthesizeTrace } from './data/cot.ts';
@@ -354,7 +354,9 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
       const lr = schedule(step);
       const counts = { tokens: 0, traceTokens: 0, promptTokens: 0, inspections: 0 };
       const loss = trainStep(params, opt, lr, o.clip ?? 1, () => {
-        const seqs = examples.map((ex) => sftSequence(model, ex, maxIns, o.compress, o.system));
+        // Every list of the batch through the ICM in one pass; each example then takes its hook.
+        const hooks = compressPrompts(o.compress, examples);
+        const seqs = examples.map((ex, b) => sftSequence(model, ex, maxIns, o.compress && (() => hooks[b]), o.system));
         const { logits, T } = model.forward(seqs.map((s) => s.layout));
         const targets = new Int32Array(B * T).fill(-100);
         seqs.forEach((s, b) => {

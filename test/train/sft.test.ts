@@ -7,9 +7,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import * as T from '../../runtime/index.ts';
-import { type CompressFactory, inspectionParts, rerankGenerate, traceLayout } from '../../model/inspect.ts';
+import { type CompressFactory, type CompressPrompt, inspectionParts, rerankGenerate, traceLayout } from '../../model/inspect.ts';
+import { Icm, icmCompress, icmConfigFor } from '../../model/icm.ts';
 import { Mllm } from '../../model/mllm.ts';
-import { rerankParts } from '../../model/sequence.ts';
+import { type CandidateInput, type QueryInput, rerankParts } from '../../model/sequence.ts';
 import { type SftExample, makeSftExample, sftSequence, sftTrain } from '../../train/sft.ts';
 import { evaluateRerank, rerankedOrder } from '../../train/eval/rerank.ts';
 import { expectClose } from '../helpers.ts';
@@ -169,5 +170,33 @@ describe('sft', () => {
     models.push(again);
     expectClose(await again.params.get(w)!.toArray(), await refModel.params.get(w)!.toArray(), 0, 0, 'final checkpoint');
     for (const p of [...refIcm.params, ...aIcm.params, ...bIcm.params]) p.dispose();
+  });
+
+  it('with the real ICM a step compresses the whole batch in one pass, with the loss of one pass per example', async () => {
+    const model = newModel(21);
+    const icm = Icm.create(icmConfigFor(config), 22);
+    const factory = icmCompress(model, icm);
+    const examples = data.queries.slice(0, 3).map((q, i) => makeSftExample(model, data, emojis, q, { K, seed: 2, draw: i, maxInspections: 3 }));
+    // Reference: each example compressed on its own, the loss formed as sftTrain forms it.
+    const want = await T.tidyAsync(async () =>
+      T.noGrad(() => {
+        const seqs = examples.map((ex) => sftSequence(model, ex, 3, factory, SYSTEM));
+        const { logits, T: len } = model.forward(seqs.map((q) => q.layout));
+        const targets = new Int32Array(seqs.length * len).fill(-100);
+        seqs.forEach((q, b) => targets.set(q.targets, b * len));
+        return T.crossEntropy(T.reshape(logits, [seqs.length * len, tok.vocabSize]), T.fromArray(targets, [seqs.length * len], 'i32'));
+      }).item(),
+    );
+    let many = 0;
+    const counted: CompressFactory = Object.assign((q: QueryInput, c: readonly CandidateInput[]) => factory(q, c), {
+      many: (p: readonly CompressPrompt[]) => (many++, factory.many!(p)),
+    });
+    const losses: number[] = [];
+    await sftTrain({ model, examples: () => examples, runDir: join(dir, 'icm-batched'), steps: 2, batch: 3, lr: 3e-3, seed: 2, K, system: SYSTEM, compress: counted, compressParams: icm.parameterList(), log: () => {}, onStep: (s) => losses.push(s.loss) });
+    expect(many).toBe(2); // once per step
+    // Step 0 runs before any update. The two paths agree to the bit here; giving every
+    // example the first one's rows moves the loss by 1.4e-5.
+    expectClose([losses[0]], [want], 1e-6, 0, 'loss of step 0');
+    icm.dispose();
   });
 });
