@@ -178,13 +178,15 @@ async function initGpu(): Promise<GpuContext> {
 /** Throws if the device was lost or an uncaptured WebGPU error was reported. */
 export function checkDeviceHealth(): void {
   if (lostError) throw lostError;
-  if (uncaptured.length) {
-    const msgs = uncaptured.splice(0, uncaptured.length);
-    throw new Error(
-      `WebGPU error: ${msgs[0]}${msgs.length > 1 ? ` (and ${msgs.length - 1} more)` : ''}\n` +
-        `hint: run with RETRV_DEBUG=1 to check every dispatch and name the op and shapes that failed`,
-    );
-  }
+  if (uncaptured.length) throw webgpuError(uncaptured.splice(0, uncaptured.length));
+}
+
+/** The error for WebGPU error messages (the first one shown), with the debugging hint. */
+export function webgpuError(msgs: readonly string[]): Error {
+  return new Error(
+    `WebGPU error: ${msgs[0]}${msgs.length > 1 ? ` (and ${msgs.length - 1} more)` : ''}\n` +
+      `hint: run with RETRV_DEBUG=1 to check every dispatch and name the op and shapes that failed`,
+  );
 }
 
 /** A promise that rejects when the device is lost; used to race against waits. */

@@ -18,7 +18,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type GpuContext, checkDeviceHealth, debugMode, gpuSync, lostPromise } from './device.ts';
+import { type GpuContext, checkDeviceHealth, debugMode, gpuSync, lostPromise, webgpuError } from './device.ts';
 import { BufferPool, type GpuBuf } from './pool.ts';
 
 const shaderDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'shaders');
@@ -217,7 +217,7 @@ export class Engine {
   }
 
   dispatch(call: DispatchCall): void {
-    checkDeviceHealth();
+    this.healthy();
     const [x, y = 1, z = 1] = call.workgroups;
     if (x === 0 || y === 0 || z === 0) return;
     const maxWg = this.ctx.limits.maxComputeWorkgroupsPerDimension;
@@ -267,7 +267,7 @@ export class Engine {
 
   /** Uploads host data into a fresh pool buffer (never one the pending commands touch). */
   upload(data: ArrayBufferView, bytes = data.byteLength): GpuBuf {
-    checkDeviceHealth();
+    this.healthy();
     const buf = this.pool.acquire(bytes, this.epoch);
     const padded = Math.ceil(data.byteLength / 4) * 4;
     if (padded === data.byteLength) {
@@ -283,7 +283,7 @@ export class Engine {
 
   /** Reads `bytes` from a buffer. Reads requested in the same tick share one submit. */
   read(src: GpuBuf, offset: number, bytes: number): Promise<ArrayBuffer> {
-    checkDeviceHealth();
+    this.healthy();
     const size = Math.ceil(bytes / 4) * 4;
     const staging = this.device.createBuffer({ size: Math.max(size, 4), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     if (size > 0) this.copy(src, offset, { buffer: staging, size, lastEpoch: this.epoch }, 0, size);
@@ -297,6 +297,28 @@ export class Engine {
         });
       }
     });
+  }
+
+  /**
+   * Checks the device. On an error, what was recorded and not yet submitted belongs to the
+   * failed batch: it is dropped (submitting it with later work would fail that work too,
+   * and its reads would come back as zeros) and the reads waiting on it are rejected.
+   */
+  private healthy(): void {
+    try {
+      checkDeviceHealth();
+    } catch (e) {
+      this.pass = null;
+      this.encoder = null;
+      for (const c of this.chunks) c.used = 0;
+      this.chunkIndex = 0;
+      this.recorded = 0;
+      for (const r of this.reads.splice(0, this.reads.length)) {
+        r.staging.destroy();
+        r.reject(e);
+      }
+      throw e;
+    }
   }
 
   private submit(): void {
@@ -320,22 +342,34 @@ export class Engine {
   async flush(): Promise<void> {
     const reads = this.reads.splice(0, this.reads.length);
     try {
-      if (this.recorded > 0 || this.encoder) this.submit();
+      // A submit that fails validation still lets the reads map, with zeros in them: its
+      // error is caught by a scope and awaited before any read resolves.
+      let submitted: Promise<GPUError | null> = Promise.resolve(null);
+      if (this.recorded > 0 || this.encoder) {
+        this.device.pushErrorScope('validation');
+        this.submit();
+        submitted = this.device.popErrorScope();
+      }
       await this.checkDebugErrors();
       const lost = lostPromise(this.ctx);
-      await Promise.all(
-        reads.map(async (r) => {
-          await Promise.race([r.staging.mapAsync(GPUMapMode.READ), lost]);
-          const out = r.staging.getMappedRange().slice(0, r.bytes);
-          r.staging.unmap();
-          r.staging.destroy();
-          this.stats.readbacks++;
-          r.resolve(out);
-        }),
-      );
+      const maps = reads.map((r) => Promise.race([r.staging.mapAsync(GPUMapMode.READ), lost]));
+      for (const m of maps) m.catch(() => {}); // awaited below, unless the submit failed
+      const err = await Promise.race([submitted, lost]);
+      if (err) throw webgpuError([err.message]);
+      await Promise.all(maps);
+      for (const r of reads) {
+        const out = r.staging.getMappedRange().slice(0, r.bytes);
+        r.staging.unmap();
+        r.staging.destroy();
+        this.stats.readbacks++;
+        r.resolve(out);
+      }
       checkDeviceHealth();
     } catch (e) {
-      for (const r of reads) r.reject(e);
+      for (const r of reads) {
+        r.staging.destroy();
+        r.reject(e);
+      }
       throw e;
     }
   }

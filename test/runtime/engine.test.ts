@@ -125,12 +125,23 @@ describe('bad input', () => {
     expect(out).toMatch(/CAUGHT: DeviceLostError: WebGPU device lost/);
   });
 
-  it('a validation error surfaces at the next sync, and RETRV_DEBUG names the op', () => {
-    const plain = runFixture('test/fixtures/bad-dispatch.ts', { RETRV_DEBUG: '0' });
+  it('a validation error surfaces at the next read, and RETRV_DEBUG names the op', () => {
+    const plain = runFixture('test/fixtures/bad-dispatch.ts', { RETRV_DEBUG: '0', BAD: 'alias' });
     expect(plain).toMatch(/CAUGHT: WebGPU error/);
     expect(plain).toMatch(/RETRV_DEBUG=1/);
-    const debug = runFixture('test/fixtures/bad-dispatch.ts', { RETRV_DEBUG: '1' });
+    const debug = runFixture('test/fixtures/bad-dispatch.ts', { RETRV_DEBUG: '1', BAD: 'alias' });
     expect(debug).toMatch(/CAUGHT: WebGPU error in aliased-copy \[64\]/);
+  });
+
+  it('a failed batch returns no values and leaves nothing behind: the next op is right', () => {
+    // The failed submit's reads used to resolve with zeros, and a pipeline that failed to
+    // build poisoned the next batch too (seen on an NVIDIA driver that rejected a shader).
+    for (const bad of ['alias', 'compile']) {
+      const out = runFixture('test/fixtures/bad-dispatch.ts', { RETRV_DEBUG: '0', BAD: bad });
+      expect(out, bad).not.toMatch(/READ:/);
+      expect(out, bad).toMatch(/CAUGHT: WebGPU error/);
+      expect(out, bad).toMatch(/AFTER: -1,-2,-3/);
+    }
   });
 });
 
