@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { type Tensor, keep, requireGrad } from '../runtime/index.ts';
 import { loadCheckpointTensors, readConfig, saveCheckpoint } from './checkpoint.ts';
 import { Llm, type LlmConfig, initParameters, parameterShapes } from './llm.ts';
-import { type SequenceLayout, collate, embedLayout, layoutSequence, type Part } from './sequence.ts';
+import { type SequenceLayout, batchLayouts, embedLayout, layoutSequence, type Part } from './sequence.ts';
 import { type Tokenizer, loadTokenizer, saveTokenizer } from './tokenizer.ts';
 import { VisionEncoder, type VisionConfig, initVisionParameters, visionParameterShapes } from './vision.ts';
 
@@ -85,10 +85,14 @@ export class Mllm {
     return embedLayout(layout, this.llm.p('model.embed_tokens.weight'), this.vision);
   }
 
+  /** A right-padded batch of laid-out sequences: embeddings [B, T, D], positions, ids, lengths. */
+  batch(layouts: SequenceLayout[]): ReturnType<typeof batchLayouts> {
+    return batchLayouts(layouts, this.llm.p('model.embed_tokens.weight'), this.vision, this.tokenizer.specialIds.pad);
+  }
+
   /** Logits [B, T, V] for a batch of laid-out sequences (right-padded). */
   forward(layouts: SequenceLayout[]): { logits: Tensor; ids: Int32Array; lengths: number[]; T: number } {
-    const embeds = layouts.map((l) => this.embed(l));
-    const batch = collate(embeds, layouts, this.tokenizer.specialIds.pad);
+    const batch = this.batch(layouts);
     const h = this.llm.forwardEmbeds(batch.embeds, batch.positions);
     return { logits: this.llm.head(h), ids: batch.ids, lengths: batch.lengths, T: batch.embeds.shape[1] };
   }

@@ -10,7 +10,7 @@
 // The reranker prompt puts each candidate between <|cand_start|>i and <|cand_end|>. A
 // `compress` hook may replace a candidate's full tokens by a few embedding rows: that
 // is where the Information Compression Module plugs in (2 rows per candidate).
-import { type Tensor, concat, embedding, fromArray, reshape, slice } from '../runtime/index.ts';
+import { type Tensor, concat, embedding, fromArray, indexSelect, reshape, zeros } from '../runtime/index.ts';
 import { type Preprocessed, patchPositions, patchify } from './image.ts';
 import { SPECIAL, type Tokenizer } from './tokenizer.ts';
 import type { VisionEncoder } from './vision.ts';
@@ -104,44 +104,95 @@ export function layoutSequence(tok: Tokenizer, parts: readonly Part[], mergeSize
   return { ids: Int32Array.from(ids), positions, length: T, spans, pieces };
 }
 
+type ImagePiece = Extract<Piece, { kind: 'image' }>;
+
+/** The images' rows from the vision encoder, all in one batch: [sum of rows, D] in order. */
+function encodeImages(images: readonly ImagePiece[], vision: VisionEncoder | null): Tensor | null {
+  if (!images.length) return null;
+  if (!vision) throw new Error('sequence: the input has images but the model has no vision encoder');
+  const c = vision.config;
+  const patchLen = 3 * c.patchSize * c.patchSize;
+  const lengths = images.map((p) => p.image.gridH * p.image.gridW);
+  const total = lengths.reduce((a, b) => a + b, 0);
+  const patches = new Float32Array(total * patchLen);
+  const positions = new Int32Array(2 * total);
+  let at = 0;
+  for (const p of images) {
+    const n = p.image.gridH * p.image.gridW;
+    patches.set(patchify(p.image, c.patchSize, c.mergeSize), at * patchLen);
+    const pp = patchPositions(p.image.gridH, p.image.gridW, c.mergeSize);
+    positions.set(pp.subarray(0, n), at);
+    positions.set(pp.subarray(n, 2 * n), total + at);
+    at += n;
+  }
+  return vision.forward(fromArray(patches, [total, patchLen]), positions, lengths);
+}
+
 /**
- * Embeds a layout on the GPU: token rows from the embedding table, image rows from the
- * vision encoder (all images of the sequence in one batch), embedding rows as given.
- * Returns [T, D].
+ * Embeds laid-out sequences on the GPU as one right-padded [B, T, D] tensor (T the longest
+ * length, padding rows zero): token rows from the embedding table, image rows from the
+ * vision encoder, embedding rows as given. The dispatch count does not grow with the
+ * batch: every token of every sequence in one lookup, every image in one vision pass, and
+ * one gather that puts each row in its place. (A lookup per token run and a vision pass
+ * per sequence were a large share of a training step's dispatches, and on a GPU a
+ * dispatch costs more host time than its arithmetic: bench/train-step-log.md.)
  */
-export function embedLayout(layout: SequenceLayout, tokenEmbedding: Tensor, vision: VisionEncoder | null): Tensor {
-  const images = layout.pieces.filter((p): p is Extract<Piece, { kind: 'image' }> => p.kind === 'image');
-  let imageRows: Tensor | null = null;
-  if (images.length) {
-    if (!vision) throw new Error('sequence: the input has images but the model has no vision encoder');
-    const c = vision.config;
-    const patchLen = 3 * c.patchSize * c.patchSize;
-    const lengths = images.map((p) => p.image.gridH * p.image.gridW);
-    const total = lengths.reduce((a, b) => a + b, 0);
-    const patches = new Float32Array(total * patchLen);
-    const positions = new Int32Array(2 * total);
-    let at = 0;
-    for (const p of images) {
-      const n = p.image.gridH * p.image.gridW;
-      patches.set(patchify(p.image, c.patchSize, c.mergeSize), at * patchLen);
-      const pp = patchPositions(p.image.gridH, p.image.gridW, c.mergeSize);
-      positions.set(pp.subarray(0, n), at);
-      positions.set(pp.subarray(n, 2 * n), total + at);
-      at += n;
+export function embedLayouts(layouts: readonly SequenceLayout[], tokenEmbedding: Tensor, vision: VisionEncoder | null): Tensor {
+  const B = layouts.length;
+  if (!B) throw new RangeError('sequence: no layouts to embed');
+  const T = Math.max(...layouts.map((l) => l.length));
+  const D = tokenEmbedding.shape[1];
+  const ids: number[] = [];
+  const images: ImagePiece[] = [];
+  const given: Tensor[] = [];
+  // Row b * T + t of the result is row at[.] of source from[.]: 0 tokens, 1 images, 2 given, 3 padding.
+  const from = new Uint8Array(B * T).fill(3);
+  const at = new Int32Array(B * T);
+  let imageRows = 0;
+  let givenRows = 0;
+  layouts.forEach((l, b) => {
+    for (const p of l.pieces) {
+      const n = p.kind === 'tokens' ? p.ids.length : p.kind === 'image' ? p.rows : p.embeds.shape[0];
+      for (let r = 0; r < n; r++) {
+        const i = b * T + p.start + r;
+        if (p.kind === 'tokens') {
+          from[i] = 0;
+          at[i] = ids.length + r;
+        } else if (p.kind === 'image') {
+          from[i] = 1;
+          at[i] = imageRows + r;
+        } else {
+          from[i] = 2;
+          at[i] = givenRows + r;
+        }
+      }
+      if (p.kind === 'tokens') ids.push(...p.ids);
+      else if (p.kind === 'image') {
+        images.push(p);
+        imageRows += n;
+      } else {
+        given.push(p.embeds);
+        givenRows += n;
+      }
     }
-    imageRows = vision.forward(fromArray(patches, [total, patchLen]), positions, lengths);
-  }
-  const rows: Tensor[] = [];
-  let imageAt = 0;
-  for (const p of layout.pieces) {
-    if (p.kind === 'tokens') {
-      if (p.ids.length) rows.push(embedding(tokenEmbedding, fromArray(Int32Array.from(p.ids), [p.ids.length], 'i32')));
-    } else if (p.kind === 'image') {
-      rows.push(slice(imageRows!, 0, imageAt, imageAt + p.rows));
-      imageAt += p.rows;
-    } else rows.push(p.embeds);
-  }
-  return rows.length === 1 ? rows[0] : concat(rows, 0);
+  });
+  const sources: Tensor[] = [];
+  if (ids.length) sources.push(embedding(tokenEmbedding, fromArray(Int32Array.from(ids), [ids.length], 'i32')));
+  const imageTable = encodeImages(images, vision);
+  if (imageTable) sources.push(imageTable);
+  sources.push(...given);
+  const padded = from.includes(3);
+  if (padded) sources.push(zeros([1, D]));
+  const base = [0, ids.length, ids.length + imageRows, ids.length + imageRows + givenRows];
+  const src = new Int32Array(B * T);
+  for (let i = 0; i < B * T; i++) src[i] = base[from[i]] + at[i];
+  const table = sources.length === 1 ? sources[0] : concat(sources, 0);
+  return reshape(indexSelect(table, 0, src), [B, T, D]);
+}
+
+/** Embeds one layout: [T, D] (see embedLayouts). */
+export function embedLayout(layout: SequenceLayout, tokenEmbedding: Tensor, vision: VisionEncoder | null): Tensor {
+  return reshape(embedLayouts([layout], tokenEmbedding, vision), [layout.length, tokenEmbedding.shape[1]]);
 }
 
 export interface QueryInput {
@@ -208,16 +259,20 @@ export function rerankParts(query: QueryInput, candidates: readonly CandidateInp
   return { parts, marks };
 }
 
-/** Pads sequences (each [T_i, D]) on the right into [B, T, D]; causal attention never sees the padding. */
-export function collate(embeds: Tensor[], layouts: SequenceLayout[], padId: number): { embeds: Tensor; positions: Tensor; ids: Int32Array; lengths: number[] } {
-  const B = embeds.length;
-  const T = Math.max(...layouts.map((l) => l.length));
-  const D = embeds[0].shape[1];
-  const padded = embeds.map((e, b) => {
-    const n = layouts[b].length;
-    return n === T ? e : concat([e, fromArray(new Float32Array((T - n) * D), [T - n, D])], 0);
-  });
-  const x = reshape(B === 1 ? padded[0] : concat(padded, 0), [B, T, D]);
+/**
+ * A batch of laid-out sequences for the language model: the embeddings [B, T, D]
+ * right-padded (embedLayouts), M-RoPE positions [3, B, T] (padding continues each
+ * sequence's positions), token ids (padding `padId`) and lengths.
+ */
+export function batchLayouts(
+  layouts: SequenceLayout[],
+  tokenEmbedding: Tensor,
+  vision: VisionEncoder | null,
+  padId: number,
+): { embeds: Tensor; positions: Tensor; ids: Int32Array; lengths: number[] } {
+  const embeds = embedLayouts(layouts, tokenEmbedding, vision);
+  const B = layouts.length;
+  const T = embeds.shape[1];
   const pos = new Int32Array(3 * B * T);
   const ids = new Int32Array(B * T).fill(padId);
   layouts.forEach((l, b) => {
@@ -230,5 +285,5 @@ export function collate(embeds: Tensor[], layouts: SequenceLayout[], padId: numb
     }
     ids.set(l.ids, b * T);
   });
-  return { embeds: x, positions: fromArray(pos, [3, B, T], 'i32'), ids, lengths: layouts.map((l) => l.length) };
+  return { embeds, positions: fromArray(pos, [3, B, T], 'i32'), ids, lengths: layouts.map((l) => l.length) };
 }

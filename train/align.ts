@@ -47,7 +47,7 @@ import {
 import { Rng } from '../runtime/random.ts';
 import { Icm, compressHook, icmConfigFor } from '../model/icm.ts';
 import { Mllm } from '../model/mllm.ts';
-import { type CandidateInput, type Part, type QueryInput, type SequenceLayout, collate, contentParts, rerankParts } from '../model/sequence.ts';
+import { type CandidateInput, type Part, type QueryInput, type SequenceLayout, contentParts, rerankParts } from '../model/sequence.ts';
 import { SPECIAL } from '../model/tokenizer.ts';
 import { type EmojiAttributes, loadBenchmark, readSideTable } from './data/emoji-benchmark.ts';
 import { ImageStore, candidateInput, queryInput } from './data/inputs.ts';
@@ -130,7 +130,7 @@ export interface AlignLoss {
 
 /** Final hidden states [B, T, D] of right-padded layouts (Mllm.forward without the head). */
 function hidden(model: Mllm, layouts: SequenceLayout[]): { h: Tensor; T: number } {
-  const batch = collate(layouts.map((l) => model.embed(l)), layouts, model.tokenizer.specialIds.pad);
+  const batch = model.batch(layouts);
   return { h: model.llm.forwardEmbeds(batch.embeds, batch.positions), T: batch.embeds.shape[1] };
 }
 

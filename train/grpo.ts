@@ -60,7 +60,7 @@ import {
 import { Icm, icmCompress } from '../model/icm.ts';
 import { type CompressFactory, type RerankResult, compressPrompts, rerankGenerateBatch, traceLayout } from '../model/inspect.ts';
 import { Mllm } from '../model/mllm.ts';
-import { type CandidateInput, type QueryInput, type SequenceLayout, collate, rerankParts } from '../model/sequence.ts';
+import { type CandidateInput, type QueryInput, type SequenceLayout, rerankParts } from '../model/sequence.ts';
 import { writeFileAtomic } from './atomic-write.ts';
 import { candidateList } from './data/cot.ts';
 import type { EmojiAttributes } from './data/emoji-benchmark.ts';
@@ -259,8 +259,7 @@ export function completionLogProbs(
     lengths.push(sampled.length);
     layouts.push(tl.layout);
   });
-  const embeds = layouts.map((l) => model.embed(l));
-  const batch = collate(embeds, layouts, model.tokenizer.specialIds.pad);
+  const batch = model.batch(layouts);
   const T = batch.embeds.shape[1];
   const D = model.config.llm.hidden;
   const h = model.llm.forwardEmbeds(batch.embeds, batch.positions);

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { AdamW, backward, crossEntropy, fromArray, noGrad, reshape, tidy, zeros } from '../../runtime/index.ts';
+import { AdamW, backward, crossEntropy, fromArray, mul, noGrad, requireGrad, reshape, sum, tidy, zeros } from '../../runtime/index.ts';
 import { type Preprocessed, preprocess } from '../../model/image.ts';
 import { Mllm, type MllmConfig } from '../../model/mllm.ts';
 import { PRESETS, withVocab } from '../../model/presets.ts';
@@ -67,6 +67,50 @@ describe('multimodal model', () => {
     expect(lf.length - lc.length).toBe(tok.encode('a green circle').length - 2);
     expect(tok.decode(lf.ids.slice(span(lf, 'cand:3').start, span(lf, 'cand:3').end))).toBe('a yellow cross');
     two.dispose();
+    for (const t of model.params.values()) t.dispose();
+  });
+
+  it('a batch is embedded in one pass: every row from its source, zero padding, gradients to the given rows', async () => {
+    const model = Mllm.create(config, tok, 4);
+    const D = config.llm.hidden;
+    const given = requireGrad(fromArray(Float32Array.from({ length: 2 * D }, (_, i) => Math.sin(i)), [2, D]));
+    const layouts = [
+      model.layout([{ ids: [5, 6] }, { image: picture(0) }, { embeds: given }, { ids: [7] }]),
+      model.layout([{ ids: [8] }]),
+      model.layout([{ image: picture(1) }, { ids: [9, 10] }]),
+    ];
+    const batch = model.batch(layouts);
+    const T = Math.max(...layouts.map((l) => l.length));
+    expect(batch.embeds.shape).toEqual([3, T, D]);
+    const got = await batch.embeds.toArray();
+    const table = await model.llm.p('model.embed_tokens.weight').toArray();
+    // An image's rows from a sequence of its own: batching must not mix images.
+    const imageRows = async (k: number) => {
+      const l = model.layout([{ image: picture(k) }]);
+      const e = await noGrad(() => model.embed(l)).toArray();
+      return { e, at: l.pieces.find((p) => p.kind === 'image')!.start };
+    };
+    const images = [await imageRows(0), await imageRows(1)];
+    const givenRows = await given.toArray();
+    let imageCount = 0;
+    layouts.forEach((l, b) => {
+      for (const p of l.pieces) {
+        const n = p.kind === 'tokens' ? p.ids.length : p.kind === 'image' ? p.rows : p.embeds.shape[0];
+        const img = p.kind === 'image' ? images[imageCount++] : null;
+        for (let r = 0; r < n; r++) {
+          const want = p.kind === 'tokens' ? table.subarray(p.ids[r] * D, (p.ids[r] + 1) * D) : p.kind === 'image' ? img!.e.subarray((img!.at + r) * D, (img!.at + r + 1) * D) : givenRows.subarray(r * D, (r + 1) * D);
+          const i = (b * T + p.start + r) * D;
+          expectClose(got.subarray(i, i + D), want, 1e-5, 1e-4, `sequence ${b} row ${p.start + r} (${p.kind})`);
+        }
+      }
+      for (let t = l.length; t < T; t++) expect(got.subarray((b * T + t) * D, (b * T + t + 1) * D).every((v) => v === 0)).toBe(true);
+    });
+    // The given rows get exactly the gradient of their two positions.
+    const R = Float32Array.from({ length: 3 * T * D }, (_, i) => Math.cos(i));
+    backward(sum(mul(batch.embeds, fromArray(R, [3, T, D]))));
+    const at = layouts[0].pieces.find((p) => p.kind === 'embeds')!.start;
+    expectClose(await given.grad!.toArray(), R.subarray(at * D, (at + 2) * D), 1e-6, 1e-6, 'gradient of the given rows');
+    given.dispose();
     for (const t of model.params.values()) t.dispose();
   });
 
