@@ -49,6 +49,7 @@ import {
   sum,
   tidy,
   concat,
+  zeros,
 } from '../runtime/index.ts';
 import { CheckpointError } from './checkpoint.ts';
 import type { CompressFactory } from './inspect.ts';
@@ -212,9 +213,17 @@ export class Icm {
         if (t.rank !== 2 || t.shape[1] !== D || t.shape[0] < 1) throw new RangeError(`icm: ${what} ${i} has shape ${shapeStr(t.shape)}, expected [n >= 1, ${D}]`);
       });
     }
+    return tidy(() => this.compressPadded(padRows(cands), padRows(queries), of));
+  }
+
+  /** compressEmbeds on rows already padded into [K, L, D] and [Q, Lq, D] with their valid marks. */
+  private compressPadded(cands: PaddedRows, queries: PaddedRows, of: readonly number[]): Tensor {
+    const c = this.config;
+    const K = cands.x.shape[0];
+    const Q = queries.x.shape[0];
     return tidy(() => {
-      const { x: tc, valid: cValid, L } = padRows(cands);
-      const { x: tq, valid: qValid, L: Lq } = padRows(queries);
+      const { x: tc, valid: cValid, L } = cands;
+      const { x: tq, valid: qValid, L: Lq } = queries;
       const candMask = fromArray(cValid, [K, L], 'i32');
       const qMask = new Int32Array(K * Lq);
       of.forEach((j, i) => qMask.set(qValid.subarray(j * Lq, (j + 1) * Lq), i * Lq));
@@ -299,8 +308,9 @@ export class Icm {
           queryOf.push(g);
         }
       }
-      const rows = embedContents(model, items);
-      const out = this.compressEmbeds(rows.slice(groups.length), rows.slice(0, groups.length), queryOf);
+      // Padded straight from the one content tensor: a gather each for candidates and queries.
+      const { all, spans } = embedContentRows(model, items);
+      const out = this.compressPadded(padSpans(all, spans.slice(groups.length)), padSpans(all, spans.slice(0, groups.length)), queryOf);
       const result: Tensor[] = [];
       let at = 0;
       for (const grp of groups) {
@@ -397,8 +407,16 @@ function listCentred(tc: Tensor, cValid: Int32Array, L: number, tq: Tensor, Q: n
   };
 }
 
+interface PaddedRows {
+  /** [N, L, D], zero where not valid. */
+  x: Tensor;
+  /** [N * L]: 1 for a real row. */
+  valid: Int32Array;
+  L: number;
+}
+
 /** Rows [n_i, D] padded with zeros into [N, L, D], and the valid-row marks [N * L]. */
-function padRows(xs: readonly Tensor[]): { x: Tensor; valid: Int32Array; L: number } {
+function padRows(xs: readonly Tensor[]): PaddedRows {
   const L = Math.max(...xs.map((t) => t.shape[0]));
   const valid = new Int32Array(xs.length * L);
   xs.forEach((t, i) => valid.fill(1, i * L, i * L + t.shape[0]));
@@ -406,11 +424,32 @@ function padRows(xs: readonly Tensor[]): { x: Tensor; valid: Int32Array; L: numb
   return { x: padded.length === 1 ? reshape(padded[0], [1, L, padded[0].shape[1]]) : stack(padded, 0), valid, L };
 }
 
+/** Spans [start, end) of the rows of `all` [n, D], padded into [N, L, D] by one gather. */
+function padSpans(all: Tensor, spans: readonly { start: number; end: number }[]): PaddedRows {
+  const D = all.shape[1];
+  const L = Math.max(...spans.map((s) => s.end - s.start));
+  const zero = all.shape[0]; // the row appended below
+  const index = new Int32Array(spans.length * L).fill(zero);
+  const valid = new Int32Array(spans.length * L);
+  spans.forEach((s, i) => {
+    for (let r = 0; r < s.end - s.start; r++) index[i * L + r] = s.start + r;
+    valid.fill(1, i * L, i * L + s.end - s.start);
+  });
+  const x = indexSelect(concat([all, zeros([1, D])], 0), 0, index);
+  return { x: reshape(x, [spans.length, L, D]), valid, L };
+}
+
 /**
  * The LLM's input embeddings of each item's content (text and/or image, as contentParts
  * lays it out), all in one layout so every image goes through one vision batch.
  */
 export function embedContents(model: Mllm, items: readonly QueryInput[]): Tensor[] {
+  const { all, spans } = embedContentRows(model, items);
+  return spans.map((s) => slice(all, 0, s.start, s.end));
+}
+
+/** embedContents as one tensor [rows, D] and each item's span of it. */
+function embedContentRows(model: Mllm, items: readonly QueryInput[]): { all: Tensor; spans: { start: number; end: number }[] } {
   const parts: Part[] = [];
   const marks: { at: number; label: string; until: number }[] = [];
   items.forEach((x, i) => {
@@ -419,8 +458,7 @@ export function embedContents(model: Mllm, items: readonly QueryInput[]): Tensor
     parts.push(...p);
   });
   const layout = model.layout(parts, marks);
-  const all = model.embed(layout);
-  return layout.spans.map((s) => slice(all, 0, s.start, s.end));
+  return { all: model.embed(layout), spans: layout.spans };
 }
 
 /** The rerankParts `compress` hook for rows [K, 2, D]: candidate i becomes rows[i] ([2, D]). */

@@ -165,8 +165,13 @@ describe('information compression module', () => {
     const second = noGrad(() => tidy(() => icm.compressMany(model, q2, candidates.slice(1, 3))));
     expectClose(await groups[1].toArray(), await second.toArray(), 1e-6, 1e-4, 'group 1');
     disposeAll([...groups, second]);
-    // At initialisation the scores are near uniform and v / o are identities.
+    // compressGroups pads the rows by one gather; compressEmbeds pads each list: the same rows.
     const embeds = noGrad(() => embedContents(model, candidates));
+    const qEmbeds = noGrad(() => embedContents(model, [query]));
+    const viaLists = noGrad(() => tidy(() => icm.compressEmbeds(embeds, qEmbeds)));
+    expectClose(await viaLists.toArray(), batch, 1e-6, 1e-4, 'compressEmbeds of the same rows');
+    disposeAll([viaLists, ...qEmbeds]);
+    // At initialisation the scores are near uniform and v / o are identities.
     for (let i = 0; i < candidates.length; i++) {
       const e = await embeds[i].toArray();
       const n = embeds[i].shape[0];
