@@ -2,18 +2,19 @@
 // shape, and the optimizer moments plus the step reached, saved beside the weights.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Tensor, type Optimizer, backward, clipGradNorm, loadSafetensors, saveSafetensors, tidy } from '../runtime/index.ts';
+import { type Tensor, type Optimizer, backward, gradNormScale, loadSafetensors, saveSafetensors, tidy } from '../runtime/index.ts';
 
 /**
  * One step: loss, backward, global-norm clipping, optimizer update, grads cleared. All of
  * it is recorded, nothing submitted; the caller reads the returned loss (one readback).
+ * The clip scale goes into the optimizer's kernels (gradNormScale) rather than into the
+ * gradients in place: one dispatch fewer per parameter, the same update.
  */
 export function trainStep(params: Tensor[], opt: Optimizer, lr: number, clip: number, loss: () => Tensor): Tensor {
   return tidy(() => {
     const l = loss();
     backward(l);
-    clipGradNorm(params, clip);
-    opt.step({ lr });
+    opt.step({ lr, gradScale: gradNormScale(params, clip).scale });
     opt.zeroGrad();
     return l;
   });
