@@ -166,7 +166,7 @@ export function embedLayouts(layouts: readonly SequenceLayout[], tokenEmbedding:
           at[i] = givenRows + r;
         }
       }
-      if (p.kind === 'tokens') ids.push(...p.ids);
+      if (p.kind === 'tokens') for (const id of p.ids) ids.push(id);
       else if (p.kind === 'image') {
         images.push(p);
         imageRows += n;
