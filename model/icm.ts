@@ -34,7 +34,6 @@ import {
   mean,
   mul,
   ones,
-  pad,
   permute,
   randn,
   requireGrad,
@@ -216,32 +215,30 @@ export class Icm {
     return tidy(() => this.compressPadded(padRows(cands), padRows(queries), of));
   }
 
-  /** compressEmbeds on rows already padded into [K, L, D] and [Q, Lq, D] with their valid marks. */
+  /** compressEmbeds on rows already padded into [K, L, D] and [Q, Lq, D] with their valid marks (inside the caller's tidy). */
   private compressPadded(cands: PaddedRows, queries: PaddedRows, of: readonly number[]): Tensor {
     const c = this.config;
     const K = cands.x.shape[0];
     const Q = queries.x.shape[0];
-    return tidy(() => {
-      const { x: tc, valid: cValid, L } = cands;
-      const { x: tq, valid: qValid, L: Lq } = queries;
-      const candMask = fromArray(cValid, [K, L], 'i32');
-      const qMask = new Int32Array(K * Lq);
-      of.forEach((j, i) => qMask.set(qValid.subarray(j * Lq, (j + 1) * Lq), i * Lq));
-      const crossMask = fromArray(qMask, [K, Lq], 'i32');
+    const { x: tc, valid: cValid, L } = cands;
+    const { x: tq, valid: qValid, L: Lq } = queries;
+    const candMask = fromArray(cValid, [K, L], 'i32');
+    const qMask = new Int32Array(K * Lq);
+    of.forEach((j, i) => qMask.set(qValid.subarray(j * Lq, (j + 1) * Lq), i * Lq));
+    const crossMask = fromArray(qMask, [K, Lq], 'i32');
 
-      // t_con: the learned query over the candidate's tokens.
-      const tcon = this.attend('con', this.p('icm.con_query'), rmsNorm(tc, this.p('icm.con.kv_norm.weight'), c.rmsEps), tc, K, candMask);
-      // R: every candidate token over its query's tokens. With 'compare', both sides first
-      // lose their list's mean candidate row, so what is compared is what sets a candidate
-      // apart, not the component all emoji images share.
-      const compare = c.relation === 'compare';
-      const { cands: cx, queries: qx } = compare ? listCentred(tc, cValid, L, tq, Q, of) : { cands: tc, queries: tq };
-      const mixed = this.attend('cross', rmsNorm(cx, this.p('icm.cross.q_norm.weight'), c.rmsEps), rmsNorm(qx, this.p('icm.cross.kv_norm.weight'), c.rmsEps), qx, K, crossMask, of);
-      const R = compare ? this.compare(mixed, cx) : mixed;
-      // t_rel: the learned query over R (padded candidate rows masked again).
-      const trel = this.attend('rel', this.p('icm.rel_query'), rmsNorm(R, this.p('icm.rel.kv_norm.weight'), c.rmsEps), R, K, candMask);
-      return concat([tcon, trel], 1); // [K, 2, D]
-    });
+    // t_con: the learned query over the candidate's tokens.
+    const tcon = this.attend('con', this.p('icm.con_query'), rmsNorm(tc, this.p('icm.con.kv_norm.weight'), c.rmsEps), tc, K, candMask);
+    // R: every candidate token over its query's tokens. With 'compare', both sides first
+    // lose their list's mean candidate row, so what is compared is what sets a candidate
+    // apart, not the component all emoji images share.
+    const compare = c.relation === 'compare';
+    const { cands: cx, queries: qx } = compare ? listCentred(tc, cValid, L, tq, Q, of) : { cands: tc, queries: tq };
+    const mixed = this.attend('cross', rmsNorm(cx, this.p('icm.cross.q_norm.weight'), c.rmsEps), rmsNorm(qx, this.p('icm.cross.kv_norm.weight'), c.rmsEps), qx, K, crossMask, of);
+    const R = compare ? this.compare(mixed, cx) : mixed;
+    // t_rel: the learned query over R (padded candidate rows masked again).
+    const trel = this.attend('rel', this.p('icm.rel_query'), rmsNorm(R, this.p('icm.rel.kv_norm.weight'), c.rmsEps), R, K, candMask);
+    return concat([tcon, trel], 1); // [K, 2, D]
   }
 
   /**
@@ -415,13 +412,11 @@ interface PaddedRows {
   L: number;
 }
 
-/** Rows [n_i, D] padded with zeros into [N, L, D], and the valid-row marks [N * L]. */
+/** Rows [n_i, D] padded with zeros into [N, L, D], and the valid-row marks [N * L] (padSpans of their concatenation). */
 function padRows(xs: readonly Tensor[]): PaddedRows {
-  const L = Math.max(...xs.map((t) => t.shape[0]));
-  const valid = new Int32Array(xs.length * L);
-  xs.forEach((t, i) => valid.fill(1, i * L, i * L + t.shape[0]));
-  const padded = xs.map((t) => (t.shape[0] === L ? t : pad(t, [[0, L - t.shape[0]], [0, 0]])));
-  return { x: padded.length === 1 ? reshape(padded[0], [1, L, padded[0].shape[1]]) : stack(padded, 0), valid, L };
+  let at = 0;
+  const spans = xs.map((t) => ({ start: at, end: (at += t.shape[0]) }));
+  return padSpans(xs.length === 1 ? xs[0] : concat(xs, 0), spans);
 }
 
 /** Spans [start, end) of the rows of `all` [n, D], padded into [N, L, D] by one gather. */

@@ -165,7 +165,7 @@ describe('information compression module', () => {
     const second = noGrad(() => tidy(() => icm.compressMany(model, q2, candidates.slice(1, 3))));
     expectClose(await groups[1].toArray(), await second.toArray(), 1e-6, 1e-4, 'group 1');
     disposeAll([...groups, second]);
-    // compressGroups pads the rows by one gather; compressEmbeds pads each list: the same rows.
+    // compressGroups pads from the one content tensor, compressEmbeds from its lists: the same rows.
     const embeds = noGrad(() => embedContents(model, candidates));
     const qEmbeds = noGrad(() => embedContents(model, [query]));
     const viaLists = noGrad(() => tidy(() => icm.compressEmbeds(embeds, qEmbeds)));
