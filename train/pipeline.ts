@@ -56,9 +56,10 @@ export interface PipelineConfig {
    * traceStyle: the synthetic traces' wording (train/data/cot.ts: full or brief). kStart:
    * the K curriculum's first list length (train/sft.ts curriculumK; eval.K = none).
    * easyShare: the share of the steps, from the start, whose lists take random negatives
-   * instead of hard ones (train/sft.ts randomNegativeSteps; 0 = none).
+   * instead of hard ones (train/sft.ts randomNegativeSteps; 0 = none). tasks: train on these
+   * task ids' queries only (null = every task).
    */
-  sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle; kStart: number; easyShare: number };
+  sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle; kStart: number; easyShare: number; tasks: number[] | null };
   grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number };
   /**
    * Reranking evaluation: candidates per query, test queries (spread over the tasks), and
@@ -80,7 +81,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed' },
     firstStage: { perTask: 40 },
     align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
-    sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16, easyShare: 0 },
+    sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16, easyShare: 0, tasks: null },
     grpo: { steps: 4, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 384, fixedLambda: 0.5 },
     eval: { K: 16, limit: 12, maxNewTokens: 384 },
     ablations: false,
@@ -95,7 +96,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed' },
     firstStage: { perTask: 0 },
     align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
-    sft: { steps: 60, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 4, easyShare: 0.5 },
+    sft: { steps: 60, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 4, easyShare: 0.5, tasks: null },
     grpo: { steps: 4, batch: 2, group: 4, lr: 2e-5, maxNewTokens: 384, fixedLambda: 0.5 },
     eval: { K: 16, limit: 30, maxNewTokens: 384 },
     ablations: false,
@@ -151,6 +152,10 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
     throw new Error(`${nameOrFile}.sft.kStart: ${cfg.sft.kStart} must be an integer from 1 to eval.K = ${cfg.eval.K}`);
   }
   if (!(cfg.sft.easyShare >= 0 && cfg.sft.easyShare <= 1)) throw new Error(`${nameOrFile}.sft.easyShare: ${cfg.sft.easyShare} must be a number from 0 to 1`);
+  const tasks: unknown = cfg.sft.tasks;
+  if (tasks !== null && !(Array.isArray(tasks) && tasks.length && tasks.every((t) => Number.isInteger(t) && t >= 0))) {
+    throw new Error(`${nameOrFile}.sft.tasks: ${JSON.stringify(tasks)} must be null (every task) or a list of task ids such as [4, 6]`);
+  }
   return cfg;
 }
 
@@ -350,6 +355,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         out: dir,
         dataDir: c.data,
         ...c.sft,
+        tasks: c.sft.tasks ?? undefined,
         K: c.eval.K,
         seed: c.seed,
         ...opts,

@@ -6,8 +6,8 @@
 //
 //   npx tsx train/sft-stage.ts --base <checkpoint> [--icm <align final>] --out runs/sft-tiny
 //     [--data data/emoji-mbeir] [--steps 300] [--batch 4] [--lr 1e-3] [--K 16]
-//     [--max-inspections 3] [--trace full|brief] [--save-every 25] [--seed 1] [--no-icm]
-//     [--no-inspect] [--quiet]
+//     [--k-start 4] [--easy-share 0.5] [--tasks 4,6] [--max-inspections 3] [--trace full|brief]
+//     [--save-every 25] [--seed 1] [--no-icm] [--no-inspect] [--quiet]
 //
 // Choices:
 // - The ICM comes from --icm, else from the base folder when it holds one (an align
@@ -61,6 +61,8 @@ export interface SftStageOptions {
   kStart?: number;
   /** The share of the steps, from the start, whose lists take random negatives (train/sft.ts randomNegativeSteps; default 0). */
   easyShare?: number;
+  /** Train on the queries of these task ids only (default: every task). */
+  tasks?: readonly number[];
   /** Inspections per trace at most (default 3; forced to 0 by noInspect). */
   maxInspections?: number;
   /** Wording of the synthetic traces (train/data/cot.ts; default full). */
@@ -104,6 +106,7 @@ export interface SftStageRecord {
   k_start: number;
   /** The share of the steps whose lists took random negatives (0: none). */
   easy_share: number;
+  tasks: readonly number[] | null;
   steps: number;
   batch: number;
   lr: number;
@@ -231,6 +234,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       K,
       kStart: o.kStart,
       easyShare: o.easyShare,
+      tasks: o.tasks,
       maxInspections,
       traceStyle: o.traceStyle,
       compress: icm ? icmCompress(model, icm) : undefined,
@@ -269,6 +273,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       K,
       k_start: o.kStart ?? K,
       easy_share: o.easyShare ?? 0,
+      tasks: o.tasks ?? null,
       steps: o.steps,
       batch: o.batch,
       lr: o.lr,
@@ -306,6 +311,9 @@ async function main(): Promise<void> {
       batch: { type: 'string', default: '4' },
       lr: { type: 'string', default: '1e-3' },
       K: { type: 'string', default: '16' },
+      'k-start': { type: 'string' },
+      'easy-share': { type: 'string', default: '0' },
+      tasks: { type: 'string' },
       'max-inspections': { type: 'string', default: '3' },
       trace: { type: 'string', default: 'full' },
       'save-every': { type: 'string', default: '25' },
@@ -324,6 +332,8 @@ async function main(): Promise<void> {
   if (!a.out) throw new Error('--out <run folder> is required (e.g. runs/sft-tiny)');
   if (!TRACE_STYLES.includes(a.trace as TraceStyle)) throw new Error(`--trace must be one of ${TRACE_STYLES.join(', ')}, got ${a.trace}`);
   if (a['no-icm'] && a.icm) throw new Error('--icm and --no-icm contradict each other');
+  const tasks = a.tasks?.split(',').map((t) => Number(t));
+  if (tasks?.some((t) => !Number.isInteger(t) || t < 0)) throw new Error(`--tasks must be task ids separated by commas, got ${a.tasks}`);
   const ctx = await init();
   console.log(`adapter: ${ctx.description}`);
   const quiet = a.quiet || !!process.env.CI;
@@ -338,6 +348,9 @@ async function main(): Promise<void> {
     batch: num('batch', a.batch),
     lr: num('lr', a.lr, false),
     K: num('K', a.K),
+    kStart: a['k-start'] === undefined ? undefined : num('k-start', a['k-start']),
+    easyShare: num('easy-share', a['easy-share'], false),
+    tasks,
     maxInspections: num('max-inspections', a['max-inspections']),
     traceStyle: a.trace as TraceStyle,
     saveEvery: num('save-every', a['save-every']),

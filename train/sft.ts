@@ -142,6 +142,8 @@ export interface SftOptions {
    * Default 0 (hard negatives throughout).
    */
   easyShare?: number;
+  /** Train on the queries of these task ids only (default: every task). */
+  tasks?: readonly number[];
   /** Inspections per trace at most (default 3; 0 = traces without inspection). */
   maxInspections?: number;
   /** Trace wording of the synthetic traces (default full). */
@@ -224,6 +226,13 @@ export async function loadSftCheckpointInto(dir: string, model: Mllm, compressPa
 /** The queries an example can be made from (a positive, attributes for the query and every positive). */
 export function usableQueries(data: SftData): MbeirQuery[] {
   return data.queries.filter((q) => q.pos_cand_list.length && data.queryAttributes.has(q.qid) && q.pos_cand_list.every((d) => data.attributes.has(d) && data.byDid.has(d)));
+}
+
+/** The usable queries of the given tasks (default every task); none is an error that names the tasks. */
+export function trainingQueries(data: SftData, tasks?: readonly number[]): MbeirQuery[] {
+  const queries = usableQueries(data).filter((q) => !tasks || tasks.includes(q.task_id));
+  if (!queries.length) throw new Error(`sft: no usable training queries${tasks ? ` of tasks ${tasks.join(', ')}` : ''} (each needs a positive and attribute rows)`);
+  return queries;
 }
 
 /**
@@ -311,8 +320,7 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
   } else {
     const data = o.data;
     if (!data) throw new Error('sft: give data or examples');
-    const queries = usableQueries(data);
-    if (!queries.length) throw new Error('sft: no usable training queries (each needs a positive and attribute rows)');
+    const queries = trainingQueries(data, o.tasks);
     const emojis = emojiIndex(data.attributes.values());
     const kStart = o.kStart ?? K;
     const easySteps = randomNegativeSteps(o.steps, o.easyShare ?? 0);
@@ -322,7 +330,7 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
       const hardNegatives = step >= easySteps;
       return batchQueries(queries, o.batch, step, o.seed).map((q) => makeSftExample(model, data, emojis, q, { K: k, seed: o.seed, draw, maxInspections: maxIns, style: o.traceStyle, hardNegatives }));
     };
-    what = `${queries.length} training queries, K ${kStart === K ? K : curriculumSchedule(o.steps, K, kStart)}${easySteps ? `, random negatives for steps 1-${easySteps}` : ''}`;
+    what = `${queries.length} training queries${o.tasks ? ` of tasks ${o.tasks.join(', ')}` : ''}, K ${kStart === K ? K : curriculumSchedule(o.steps, K, kStart)}${easySteps ? `, random negatives for steps 1-${easySteps}` : ''}`;
   }
   const ckptDir = join(o.runDir, 'checkpoint');
   mkdirSync(o.runDir, { recursive: true });

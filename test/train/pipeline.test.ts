@@ -25,6 +25,8 @@ describe('pipeline config', () => {
     expect(c.preset).toBe('small');
     expect(c.sft.steps).toBe(7);
     expect(c.sft.batch).toBe(PIPELINE_CONFIGS.small.sft.batch);
+    writeFileSync(f, JSON.stringify({ sft: { tasks: [4, 6] } }));
+    expect(loadPipelineConfig(f).sft.tasks).toEqual([4, 6]);
   });
 
   it('names the bad setting', () => {
@@ -37,6 +39,10 @@ describe('pipeline config', () => {
     expect(() => loadPipelineConfig(f)).toThrow(/retriever.batching: 'tasks' is not one of mixed, task/);
     writeFileSync(f, JSON.stringify({ sft: { traceStyle: 'terse' } }));
     expect(() => loadPipelineConfig(f)).toThrow(/sft.traceStyle: 'terse' is not one of full, brief/);
+    writeFileSync(f, JSON.stringify({ sft: { tasks: [] } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/sft.tasks: \[\] must be null \(every task\) or a list of task ids/);
+    writeFileSync(f, JSON.stringify({ sft: { tasks: [4, 6.5] } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/sft.tasks: \[4,6.5\] must be null/);
     writeFileSync(f, '{ not json');
     expect(() => loadPipelineConfig(f)).toThrow(/invalid JSON/);
     expect(() => loadPipelineConfig('nope')).toThrow(/neither a config name/);
@@ -52,7 +58,7 @@ describe('pipeline end to end', () => {
       retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'mean', batching: 'task' },
       firstStage: { perTask: 2 },
       align: { steps: 2, batch: 2, lr: 1e-3, centre: true },
-      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief', kStart: 2, easyShare: 0.5 },
+      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief', kStart: 2, easyShare: 0.5, tasks: null },
       grpo: { steps: 1, batch: 1, group: 2, lr: 1e-5, maxNewTokens: 12, fixedLambda: 0.5 },
       eval: { K: 4, limit: 2, maxNewTokens: 12 },
       ablations: false,

@@ -11,7 +11,7 @@ import { type CompressFactory, type CompressPrompt, inspectionParts, rerankGener
 import { Icm, icmCompress, icmConfigFor } from '../../model/icm.ts';
 import { Mllm } from '../../model/mllm.ts';
 import { type CandidateInput, type QueryInput, rerankParts } from '../../model/sequence.ts';
-import { type SftExample, makeSftExample, sftSequence, sftTrain } from '../../train/sft.ts';
+import { type SftExample, makeSftExample, sftSequence, sftTrain, trainingQueries, usableQueries } from '../../train/sft.ts';
 import { evaluateRerank, rerankedOrder } from '../../train/eval/rerank.ts';
 import { expectClose } from '../helpers.ts';
 import { K, SYSTEM, config, data, emojis, images, tok } from './reranker-fixture.ts';
@@ -37,6 +37,18 @@ function toyIcm(seed: number): { compress: CompressFactory; params: T.Tensor[] }
 }
 
 describe('sft', () => {
+  it('trains on the queries of the given tasks only, and names tasks that have none', () => {
+    const all = usableQueries(data);
+    const tasks = [...new Set(all.map((q) => q.task_id))];
+    expect(tasks.length).toBeGreaterThan(1);
+    expect(trainingQueries(data)).toEqual(all);
+    const picked = trainingQueries(data, [tasks[0]]);
+    expect(picked.map((q) => q.qid)).toEqual(all.filter((q) => q.task_id === tasks[0]).map((q) => q.qid));
+    expect(picked.length).toBeGreaterThan(0);
+    expect(picked.length).toBeLessThan(all.length);
+    expect(() => trainingQueries(data, [99])).toThrow(/no usable training queries of tasks 99/);
+  });
+
   it('the loss mask covers exactly the trace tokens; spliced content and prompt get none', () => {
     const model = newModel(1);
     const ex = data.queries

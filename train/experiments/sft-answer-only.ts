@@ -21,7 +21,7 @@ import { init } from '../../runtime/index.ts';
 import { Icm, icmCompress } from '../../model/icm.ts';
 import { Mllm } from '../../model/mllm.ts';
 import { emojiIndex } from '../data/cot.ts';
-import { batchQueries, curriculumK, curriculumSchedule, makeSftExample, randomNegativeSteps, sftTrain, spreadLabels, usableQueries } from '../sft.ts';
+import { batchQueries, curriculumK, curriculumSchedule, makeSftExample, randomNegativeSteps, sftTrain, spreadLabels, trainingQueries } from '../sft.ts';
 import { loadSftData } from '../sft-stage.ts';
 import { positiveFlags } from './flags.ts';
 
@@ -63,8 +63,7 @@ const emojis = emojiIndex(data.attributes.values());
 // --tasks 4,6 keeps the training queries of those tasks only.
 const tasks = a.tasks?.split(',').map((t) => Number(t));
 if (tasks?.some((t) => !Number.isInteger(t))) throw new Error(`--tasks must be task ids separated by commas, got ${a.tasks}`);
-const queries = usableQueries(data).filter((q) => !tasks || tasks.includes(q.task_id));
-if (!queries.length) throw new Error(`no training queries of tasks ${a.tasks}`);
+const queries = trainingQueries(data, tasks);
 console.log(`${queries.length} training queries${tasks ? ` of tasks ${tasks.join(', ')}` : ''}`);
 await sftTrain({
   model,
