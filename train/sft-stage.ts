@@ -6,8 +6,9 @@
 //
 //   npx tsx train/sft-stage.ts --base <checkpoint> [--icm <align final>] --out runs/sft-tiny
 //     [--data data/emoji-mbeir] [--steps 300] [--batch 4] [--lr 1e-3] [--K 16]
-//     [--k-start 4] [--easy-share 0.5] [--tasks 4,6] [--max-inspections 3] [--trace full|brief]
-//     [--save-every 25] [--seed 1] [--no-icm] [--no-inspect] [--quiet]
+//     [--k-start 4] [--easy-share 0.5] [--tasks 4,6] [--decision-share 0.5]
+//     [--max-inspections 3] [--trace full|brief] [--save-every 25] [--seed 1] [--no-icm]
+//     [--no-inspect] [--quiet]
 //
 // Choices:
 // - The ICM comes from --icm, else from the base folder when it holds one (an align
@@ -63,6 +64,8 @@ export interface SftStageOptions {
   easyShare?: number;
   /** Train on the queries of these task ids only (default: every task). */
   tasks?: readonly number[];
+  /** The share of the loss on the candidate-index tokens (train/sft.ts decisionTargets; default none). */
+  decisionShare?: number;
   /** Inspections per trace at most (default 3; forced to 0 by noInspect). */
   maxInspections?: number;
   /** Wording of the synthetic traces (train/data/cot.ts; default full). */
@@ -107,6 +110,7 @@ export interface SftStageRecord {
   /** The share of the steps whose lists took random negatives (0: none). */
   easy_share: number;
   tasks: readonly number[] | null;
+  decision_share: number | null;
   steps: number;
   batch: number;
   lr: number;
@@ -235,6 +239,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       kStart: o.kStart,
       easyShare: o.easyShare,
       tasks: o.tasks,
+      decisionShare: o.decisionShare,
       maxInspections,
       traceStyle: o.traceStyle,
       compress: icm ? icmCompress(model, icm) : undefined,
@@ -274,6 +279,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       k_start: o.kStart ?? K,
       easy_share: o.easyShare ?? 0,
       tasks: o.tasks ?? null,
+      decision_share: o.decisionShare ?? null,
       steps: o.steps,
       batch: o.batch,
       lr: o.lr,
@@ -314,6 +320,7 @@ async function main(): Promise<void> {
       'k-start': { type: 'string' },
       'easy-share': { type: 'string', default: '0' },
       tasks: { type: 'string' },
+      'decision-share': { type: 'string' },
       'max-inspections': { type: 'string', default: '3' },
       trace: { type: 'string', default: 'full' },
       'save-every': { type: 'string', default: '25' },
@@ -351,6 +358,7 @@ async function main(): Promise<void> {
     kStart: a['k-start'] === undefined ? undefined : num('k-start', a['k-start']),
     easyShare: num('easy-share', a['easy-share'], false),
     tasks,
+    decisionShare: a['decision-share'] === undefined ? undefined : num('decision-share', a['decision-share'], false),
     maxInspections: num('max-inspections', a['max-inspections']),
     traceStyle: a.trace as TraceStyle,
     saveEvery: num('save-every', a['save-every']),

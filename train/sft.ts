@@ -7,7 +7,11 @@
 // followed by the trace, with each inspected candidate's full content spliced in after
 // its <inspection-index-end> exactly as at inference (model/inspect.ts traceLayout).
 // Cross-entropy on the assistant tokens only: the trace tokens and the closing
-// <|im_end|>; never the prompt, never the spliced content.
+// <|im_end|>; never the prompt, never the spliced content. With `decisionShare` the
+// tokens that write a candidate index (the eliminated ones, the inspected ones, the
+// answer: digit tokens) carry that share of the loss and the rest of the trace the
+// remainder, each a mean over its own tokens: in a trace of ~100 tokens the few that
+// decide would otherwise get a fortieth of the weight they get in an answer-only trace.
 //
 // With a compress function whose parameters are given (compressParams), the ICM trains
 // jointly with the model (one optimizer). Examples come from the benchmark (`data`: each
@@ -18,7 +22,7 @@
 // result; runDir/log.jsonl one line per step.
 import { appendFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Tensor, AdamW, crossEntropy, cosineSchedule, fromArray, getEngine, loadSafetensors, reshape, saveSafetensors, shapeStr } from '../runtime/index.ts';
+import { type Tensor, AdamW, add, crossEntropy, cosineSchedule, fromArray, getEngine, loadSafetensors, mulScalar, reshape, saveSafetensors, shapeStr } from '../runtime/index.ts';
 import { loadCheckpointTensors } from '../model/checkpoint.ts';
 import { type CompressFactory, type TraceLayout, compressPrompts, maskedTargets, traceLayout } from '../model/inspect.ts';
 import { Mllm } from '../model/mllm.ts';
@@ -164,6 +168,8 @@ export interface SftOptions {
   saveEvery?: number;
   /** Gradient-norm clip (default 1). */
   clip?: number;
+  /** The share of the loss on the decision tokens (decisionTargets; default none: one mean over every target token). */
+  decisionShare?: number;
   warmupSteps?: number;
   /** The cosine schedule's floor (default lr / 10; lr = a constant rate after warmup). */
   minLr?: number;
@@ -226,6 +232,33 @@ export async function loadSftCheckpointInto(dir: string, model: Mllm, compressPa
 /** The queries an example can be made from (a positive, attributes for the query and every positive). */
 export function usableQueries(data: SftData): MbeirQuery[] {
   return data.queries.filter((q) => q.pos_cand_list.length && data.queryAttributes.has(q.qid) && q.pos_cand_list.every((d) => data.attributes.has(d) && data.byDid.has(d)));
+}
+
+/** The ids of the tokens that are digits alone (a candidate index is written with them). */
+export function digitTokenIds(tok: { vocabSize: number; decode(ids: ArrayLike<number>): string; specialIds: Record<string, number> }): Set<number> {
+  const special = new Set(Object.values(tok.specialIds));
+  const out = new Set<number>();
+  for (let id = 0; id < tok.vocabSize; id++) if (!special.has(id) && /^\s*[0-9]+$/.test(tok.decode([id]))) out.add(id);
+  return out;
+}
+
+/**
+ * Splits next-token targets (-100 = none) into the decision tokens (digit tokens: the
+ * candidate indices a trace writes) and the rest; each keeps -100 where the other has a target.
+ * Throws when either part is empty (every trace has an answer and a closing token).
+ */
+export function decisionTargets(targets: Int32Array, digitIds: ReadonlySet<number>): { decisions: Int32Array; rest: Int32Array } {
+  const decisions = new Int32Array(targets.length).fill(-100);
+  const rest = new Int32Array(targets.length).fill(-100);
+  let nd = 0;
+  let nr = 0;
+  targets.forEach((t, i) => {
+    if (t === -100) return;
+    if (digitIds.has(t)) (decisions[i] = t), nd++;
+    else (rest[i] = t), nr++;
+  });
+  if (!nd || !nr) throw new Error(`sft: decisionShare needs both decision (digit) and other target tokens; this batch has ${nd} and ${nr}`);
+  return { decisions, rest };
 }
 
 /** The usable queries of the given tasks (default every task); none is an error that names the tasks. */
@@ -353,6 +386,9 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
   };
   const logPath = join(o.runDir, 'log.jsonl');
   const V = model.tokenizer.vocabSize;
+  const share = o.decisionShare;
+  if (share !== undefined && !(share > 0 && share < 1)) throw new RangeError(`sft: decisionShare must be a number between 0 and 1 (exclusive), got ${share}`);
+  const digitIds = share === undefined ? new Set<number>() : digitTokenIds(model.tokenizer);
   let lastLoss = NaN;
   try {
     for (let step = start; step < o.steps; step++) {
@@ -374,7 +410,10 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
           counts.traceTokens += s.traceMask.reduce((a, v) => a + v, 0);
           counts.inspections += s.inspections.length;
         });
-        return crossEntropy(reshape(logits, [B * T, V]), fromArray(targets, [B * T], 'i32'));
+        const flat = reshape(logits, [B * T, V]);
+        if (share === undefined) return crossEntropy(flat, fromArray(targets, [B * T], 'i32'));
+        const { decisions, rest } = decisionTargets(targets, digitIds);
+        return add(mulScalar(crossEntropy(flat, fromArray(decisions, [B * T], 'i32')), share), mulScalar(crossEntropy(flat, fromArray(rest, [B * T], 'i32')), 1 - share));
       });
       const v = await loss.item();
       loss.dispose();

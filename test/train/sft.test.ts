@@ -11,7 +11,7 @@ import { type CompressFactory, type CompressPrompt, inspectionParts, rerankGener
 import { Icm, icmCompress, icmConfigFor } from '../../model/icm.ts';
 import { Mllm } from '../../model/mllm.ts';
 import { type CandidateInput, type QueryInput, rerankParts } from '../../model/sequence.ts';
-import { type SftExample, makeSftExample, sftSequence, sftTrain, trainingQueries, usableQueries } from '../../train/sft.ts';
+import { type SftExample, decisionTargets, digitTokenIds, makeSftExample, sftSequence, sftTrain, trainingQueries, usableQueries } from '../../train/sft.ts';
 import { evaluateRerank, rerankedOrder } from '../../train/eval/rerank.ts';
 import { expectClose } from '../helpers.ts';
 import { K, SYSTEM, config, data, emojis, images, tok } from './reranker-fixture.ts';
@@ -47,6 +47,27 @@ describe('sft', () => {
     expect(picked.length).toBeGreaterThan(0);
     expect(picked.length).toBeLessThan(all.length);
     expect(() => trainingQueries(data, [99])).toThrow(/no usable training queries of tasks 99/);
+  });
+
+  it('the decision share weights exactly the digit tokens of the trace: the indices it writes', () => {
+    const model = newModel(3);
+    const digits = digitTokenIds(tok);
+    // A trace with an inspection whose names hold no digit (every number in it is an index).
+    const ex = usableQueries(data)
+      .map((q) => makeSftExample(model, data, emojis, q, { K, seed: 1, draw: 0, maxInspections: 2, style: 'brief' }))
+      .find((e) => e.trace.inspections.length >= 1 && !/[0-9]/.test(e.trace.text.replace(/\b[0-9]+\b/g, '')))!;
+    expect(ex).toBeDefined();
+    const s = T.noGrad(() => sftSequence(model, ex, 2, undefined, SYSTEM));
+    const { decisions, rest } = decisionTargets(s.targets, digits);
+    s.targets.forEach((t, i) => {
+      // Each target in exactly one part.
+      expect([decisions[i], rest[i]].filter((v) => v !== -100)).toEqual(t === -100 ? [] : [t]);
+    });
+    // The decision tokens spell the trace's numbers in order: eliminated, inspected, answer.
+    const written = tok.decode([...decisions].filter((t) => t !== -100));
+    expect(written).toBe((ex.trace.text.match(/[0-9]+/g) ?? []).join(''));
+    expect(written.endsWith(String(ex.trace.answer))).toBe(true);
+    expect(() => decisionTargets(new Int32Array([5, -100]), digits)).toThrow(/needs both decision/);
   });
 
   it('the loss mask covers exactly the trace tokens; spliced content and prompt get none', () => {
