@@ -26,8 +26,11 @@ function makeTrace(q: MbeirQuery, draw = 0, maxInspections = 3, style: TraceStyl
   return { cands, trace: synthesizeTrace(q, qattrs.get(q.qid)!, cands, attrs, emojis, { seed: 3, draw, maxInspections, style }) };
 }
 
-/** Re-derives every claim of a trace from the attributes; returns the list of violations. */
-function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trace): string[] {
+/**
+ * Re-derives every claim of a trace from the attributes; returns the list of violations.
+ * open: hard negatives may go unmentioned (the open style leaves the uninspected ones out).
+ */
+function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trace, open = false): string[] {
   const bad: string[] = [];
   const fail = (s: string, why: string) => bad.push(`${q.qid}: ${why}: «${s}»`);
   const pos = new Set(q.pos_cand_list);
@@ -94,20 +97,20 @@ function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trac
     const ans = /(?:answer is|best match is|choose) candidate (\d+)|[Cc]andidate (\d+) is the best match/.exec(s);
     if (ans && Number(ans[1] ?? ans[2]) !== t.answer) fail(s, 'wrong answer sentence');
   });
-  for (let i = 0; i < K; i++) if (!mentioned.has(i) && !pos.has(cands[i])) bad.push(`${q.qid}: negative candidate ${i} is never discussed`);
+  for (let i = 0; i < K; i++) if (!mentioned.has(i) && !pos.has(cands[i]) && !(open && t.hard.includes(i))) bad.push(`${q.qid}: negative candidate ${i} is never discussed`);
   if (t.inspections.length > 3) bad.push(`${q.qid}: ${t.inspections.length} inspections`);
   if (new Set(t.inspections).size !== t.inspections.length) bad.push(`${q.qid}: repeated inspection`);
   return bad;
 }
 
 describe('synthetic chains of thought', () => {
-  it.each(['full', 'brief'] as const)('every sentence is true of the data and the answer is a positive (%s)', (style) => {
+  it.each(['full', 'brief', 'open'] as const)('every sentence is true of the data and the answer is a positive (%s)', (style) => {
     const bad: string[] = [];
     let n = 0;
     for (const q of train) {
       for (const draw of [0, 1]) {
         const { cands, trace } = makeTrace(q, draw, 3, style);
-        bad.push(...check(q, qattrs.get(q.qid)!, cands, trace));
+        bad.push(...check(q, qattrs.get(q.qid)!, cands, trace, style === 'open'));
         n++;
       }
     }
@@ -153,6 +156,25 @@ describe('synthetic chains of thought', () => {
     expect(new Set([...ins.hard, ...ins.easy])).toEqual(new Set([0, 1, 2, 3]));
     // Without inspection: no markers.
     for (const q of train.slice(0, 50)) expect(makeTrace(q, 0, 0).trace.text).not.toMatch(/inspection-index/);
+  });
+
+  it('the open style names only the clearly wrong; the answer is implied only when it is inspected', () => {
+    let open = 0;
+    for (const q of train) {
+      const { cands, trace } = makeTrace(q, 0, 3, 'open');
+      const brief = makeTrace(q, 0, 3, 'brief').trace;
+      // Same draws: the same inspections and answer; the elimination drops the hard ones.
+      expect(trace.inspections).toEqual(brief.inspections);
+      expect(trace.answer).toBe(brief.answer);
+      // The elimination sentence by index, then every index the trace names: eliminated or inspected.
+      const list = trace.sentences.find((x) => /^Candidates? [0-9, and]+ (is|are) wrong\.$/.test(x)) ?? '';
+      const named = new Set([...(list.match(/[0-9]+/g) ?? []).map(Number), ...trace.inspections]);
+      for (const h of trace.hard) if (!trace.inspections.includes(h)) expect(named.has(h)).toBe(false);
+      const unnamed = cands.map((_, i) => i).filter((i) => !named.has(i));
+      if (unnamed.length > 1) open++;
+    }
+    // Lists with hard negatives leave more than one candidate standing for the answer.
+    expect(open).toBeGreaterThan(train.length / 10);
   });
 
   it('the brief style states the same decisions in far fewer characters', () => {

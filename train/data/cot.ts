@@ -29,7 +29,10 @@
 // construction; other skin tones of the target's emoji included unless inspected), the
 // inspected ones by name (skin tones compared as in `full`), and the
 // <answer> tag as step (d): about 160 tokens, a quarter, so a training step and a
-// generated answer cost a quarter too.
+// generated answer cost a quarter too. `open` is `brief` whose elimination names only the
+// clearly wrong candidates (neither the target's emoji in another tone nor of its
+// subcategory); hard negatives it does not inspect go unmentioned, so the trace does not
+// give the answer away unless it inspects it, and the answer stays a decision.
 import type { MbeirQuery } from './mbeir-types.ts';
 import type { EmojiAttributes, EmojiQueryAttributes } from './emoji-benchmark.ts';
 import { type SeededRng, type Split, rngFor } from './seeded.ts';
@@ -113,8 +116,8 @@ export function candidateList(q: MbeirQuery, o: CandidateListOptions): string[] 
   return (o.shuffle ?? true) ? rng.shuffle(list) : list;
 }
 
-export type TraceStyle = 'full' | 'brief';
-export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief'];
+export type TraceStyle = 'full' | 'brief' | 'open';
+export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief', 'open'];
 
 export interface TraceOptions {
   seed: number;
@@ -275,7 +278,7 @@ export function synthesizeTrace(
   const maxIns = opts.maxInspections ?? 3;
   const style = opts.style ?? 'full';
   if (!TRACE_STYLES.includes(style)) throw new RangeError(`synthesizeTrace: unknown style '${style}' (${TRACE_STYLES.join(', ')})`);
-  const brief = style === 'brief';
+  const brief = style === 'brief' || style === 'open';
   const pos = new Set(query.pos_cand_list);
   const infos: Info[] = candidates.map((d, i) => {
     const a = attributes.get(d);
@@ -305,8 +308,9 @@ export function synthesizeTrace(
   // (b) the clearly wrong ones, by name; other skin tones of the target's emoji that are
   // not inspected are compared on their tone without a look.
   const notInspected = (c: Info) => !c.positive && !inspected.includes(c);
-  // Brief: every negative that is not inspected goes in the one list (other tones too).
-  if (brief) sentences.push(...briefEliminate(infos.filter(notInspected)));
+  // Brief: every negative that is not inspected goes in the one list (other tones too);
+  // open: only those that are not hard.
+  if (brief) sentences.push(...briefEliminate(infos.filter((c) => notInspected(c) && (style === 'brief' || !c.hard))));
   else {
     sentences.push(...eliminate(rng, infos.filter((c) => notInspected(c) && !c.sameBase), qa.name));
     for (const c of infos.filter((c) => notInspected(c) && c.sameBase)) sentences.push(compare(rng, c, qa));
