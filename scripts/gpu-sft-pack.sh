@@ -2,8 +2,9 @@
 # Packs what scripts/gpu-sft-probe.sh needs on a bare GPU machine into .gpu/ (ignored by
 # git), inside the device tool's 64 MiB: node and the Vulkan loader (../shared/gpu/prepare.sh),
 # a node_modules without the peers' and the data packages' weight (nm-train.tar.xz), and
-# the benchmark, the base checkpoints, the validation queries and the benchmark's images
-# at the model's 32 px (probe.tar.xz; scripts/shrink-images.ts measures the rounding).
+# the benchmark, the base checkpoints (and those named in PACK_CKPTS), the validation
+# queries and the benchmark's images at the model's 32 px (probe.tar.xz;
+# scripts/shrink-images.ts measures the rounding).
 # Then: device run with carry [".gpu"] and the command `bash scripts/gpu-sft-probe.sh`.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
@@ -28,6 +29,8 @@ node -e 'const f=process.argv[1],m=JSON.parse(require("fs").readFileSync(f,"utf8
 for v in google twitter; do cp node_modules/emoji-datasource-$v/package.json "$stage/node_modules/emoji-datasource-$v/"; done
 cp -r runs/tiny-3k-cmp/align/final "$stage/runs/tiny-3k-cmp/align/"
 cp -r runs/tiny-3k/retriever/final "$stage/runs/tiny-3k/retriever/"
-cp runs/exp/val4.jsonl "$stage/runs/exp/"
+cp runs/exp/val4.jsonl runs/exp/val6.jsonl "$stage/runs/exp/"
+# PACK_CKPTS: more final/ folders to start runs from (e.g. "runs/exp/t4-k16-b32-cont/final").
+for c in ${PACK_CKPTS:-}; do mkdir -p "$stage/$(dirname "$c")" && cp -r "$c" "$stage/$c"; done
 tar -C "$stage" -cf - node_modules data runs | xz -T0 -6 > .gpu/probe.tar.xz
 du -sh --apparent-size .gpu
