@@ -7,9 +7,9 @@
 # queries.
 # Packed by scripts/gpu-sft-pack.sh; writes under $OUT: log.txt, tests.txt (the test
 # suite on this adapter), results.tar.xz (logs, evaluations, final checkpoints).
-# PROBE_SECONDS: the whole script's budget (default 520); PROBE_EVAL=0 skips the evaluation. For a dry run elsewhere:
-# GPU_BOOT=0 PROBE_TESTS=0 CALIB_STEPS=3 EVAL_LIMIT=5 (in a copy of the tree: it unpacks
-# the shrunk images into node_modules).
+# PROBE_SECONDS: the whole script's budget (default 520); PROBE_EVAL=0 skips the
+# evaluation. For a dry run elsewhere: GPU_BOOT=0 PROBE_TESTS=0 CALIB_STEPS=3 EVAL_LIMIT=5,
+# in a copy of the tree (it unpacks the shrunk images into node_modules).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -40,8 +40,8 @@ base=runs/tiny-3k-cmp/align/final
 declare -A args calibArgs kind evalK evalQueries evalFlags
 source "${PROBE_SPEC:-scripts/gpu-probe-b32.spec}"
 
-# launch <seconds> <run> <steps> <out dir> <args>: an answer-only run (kind ao, args are its flags) or
-# the pipeline's SFT stage with traces (kind sft, args a JSON object whose sections override
+# launch <seconds> <run> <steps> <out dir> <args>: an answer-only run (kind ao, args are its
+# flags) or the pipeline's SFT stage with traces (kind sft, args a JSON object whose sections override
 # those of train/configs/tiny-3k-easy.json); logOf/finalOf say where each kind writes.
 launch() {
   local t=$1; shift

@@ -10,8 +10,8 @@
 // <|im_end|>; never the prompt, never the spliced content. With `decisionShare` the
 // tokens that write a candidate index (the eliminated ones, the inspected ones, the
 // answer: digit tokens) carry that share of the loss and the rest of the trace the
-// remainder, each a mean over its own tokens: in a trace of ~100 tokens the few that
-// decide would otherwise get a fortieth of the weight they get in an answer-only trace.
+// remainder, each a mean over its own tokens: in a brief trace of ~100 tokens the dozen
+// that decide would otherwise get about a tenth of the loss (an answer-only trace: 1 of 6).
 //
 // With a compress function whose parameters are given (compressParams), the ICM trains
 // jointly with the model (one optimizer). Examples come from the benchmark (`data`: each

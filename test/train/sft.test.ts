@@ -52,7 +52,7 @@ describe('sft', () => {
   it('the decision share weights exactly the digit tokens of the trace: the indices it writes', () => {
     const model = newModel(3);
     const digits = digitTokenIds(tok);
-    // A trace with an inspection whose names hold no digit (every number in it is an index).
+    // A trace with an inspection and no digit inside a word (each number is whole tokens).
     const ex = usableQueries(data)
       .map((q) => makeSftExample(model, data, emojis, q, { K, seed: 1, draw: 0, maxInspections: 2, style: 'brief' }))
       .find((e) => e.trace.inspections.length >= 1 && !/[0-9]/.test(e.trace.text.replace(/\b[0-9]+\b/g, '')))!;
