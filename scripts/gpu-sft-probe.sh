@@ -35,9 +35,10 @@ if [ "${PROBE_TESTS:-1}" = 1 ]; then
 fi
 
 base=runs/tiny-3k-cmp/align/final
-# The runs: a spec file fills args, calibArgs, kind, evalK, evalQueries, evalFlags (see
-# scripts/gpu-probe-k8.spec, the session-8 probe, and scripts/gpu-probe-b32.spec).
-declare -A args calibArgs kind evalK evalQueries evalFlags
+# The runs: a spec file fills args, calibArgs, kind, ckpt (an SFT-stage run's input, default
+# $base), evalK, evalQueries, evalFlags (see scripts/gpu-probe-k8.spec, the session-8 probe,
+# and scripts/gpu-probe-b32.spec).
+declare -A args calibArgs kind ckpt evalK evalQueries evalFlags
 source "${PROBE_SPEC:-scripts/gpu-probe-b32.spec}"
 
 # launch <seconds> <run> <steps> <out dir> <args>: an answer-only run (kind ao, args are its
@@ -51,7 +52,7 @@ launch() {
       for (const [k, v] of Object.entries(JSON.parse(process.argv[1]))) Object.assign(c[k], v);
       c.sft.steps = Number(process.argv[2]);
       fs.writeFileSync(process.argv[3], JSON.stringify(c));
-    ' "$4" "$2" "$3.json" && timeout "$t" node --import tsx bin/retrv.ts train --stage sft --config "$3.json" --run "$3" --ckpt "$base" --quiet
+    ' "$4" "$2" "$3.json" && timeout "$t" node --import tsx bin/retrv.ts train --stage sft --config "$3.json" --run "$3" --ckpt "${ckpt[$1]:-$base}" --quiet
   else
     timeout "$t" node --import tsx train/experiments/sft-answer-only.ts $4 --steps "$2" --out "$3"
   fi
@@ -96,10 +97,10 @@ for r in "${!steps[@]}"; do say "$r: $(tail -1 "$(logOf $r runs/gpu/$r)" 2>/dev/
 [ "${PROBE_EVAL:-1}" = 1 ] || { say "done (no evaluation)"; exit 0; }
 say "evaluation on validation queries"
 for r in "${!steps[@]}"; do
-  ckpt=$(finalOf $r runs/gpu/$r)/final
-  [ -d "$ckpt" ] || ckpt=$(finalOf $r runs/gpu/$r)/checkpoint
+  model=$(finalOf $r runs/gpu/$r)/final
+  [ -d "$model" ] || model=$(finalOf $r runs/gpu/$r)/checkpoint
   timeout "$(($(left) - 10))" node --import tsx bin/retrv.ts eval --queries "${evalQueries[$r]:-runs/exp/val4.jsonl}" --pool data/emoji-mbeir/pool.jsonl \
-    --image-root node_modules --ckpt "$ckpt" --retriever runs/tiny-3k/retriever/final --k "${evalK[$r]}" --limit "${EVAL_LIMIT:-150}" \
+    --image-root node_modules --ckpt "$model" --retriever runs/tiny-3k/retriever/final --k "${evalK[$r]}" --limit "${EVAL_LIMIT:-150}" \
     ${evalFlags[$r]:-} --out "runs/gpu/$r-eval.json" > "runs/gpu/$r-eval.out" 2>&1 &
 done
 wait_runs
