@@ -64,7 +64,7 @@ export interface SftStageOptions {
   easyShare?: number;
   /** Train on the queries of these task ids only (default: every task). */
   tasks?: readonly number[];
-  /** The share of the loss on the candidate-index tokens (train/sft.ts decisionTargets; default none). */
+  /** The share of the loss on the candidate-index tokens (train/sft.ts decisionWeights; default none). */
   decisionShare?: number;
   /** Inspections per trace at most (default 3; forced to 0 by noInspect). */
   maxInspections?: number;

@@ -22,7 +22,7 @@
 // result; runDir/log.jsonl one line per step.
 import { appendFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Tensor, AdamW, add, crossEntropy, cosineSchedule, fromArray, getEngine, loadSafetensors, mulScalar, reshape, saveSafetensors, shapeStr } from '../runtime/index.ts';
+import { type Tensor, AdamW, crossEntropy, cosineSchedule, fromArray, getEngine, loadSafetensors, reshape, saveSafetensors, shapeStr } from '../runtime/index.ts';
 import { loadCheckpointTensors } from '../model/checkpoint.ts';
 import { type CompressFactory, type TraceLayout, compressPrompts, maskedTargets, traceLayout } from '../model/inspect.ts';
 import { Mllm } from '../model/mllm.ts';
@@ -168,7 +168,7 @@ export interface SftOptions {
   saveEvery?: number;
   /** Gradient-norm clip (default 1). */
   clip?: number;
-  /** The share of the loss on the decision tokens (decisionTargets; default none: one mean over every target token). */
+  /** The share of the loss on the decision tokens (decisionWeights; default none: one mean over every target token). */
   decisionShare?: number;
   warmupSteps?: number;
   /** The cosine schedule's floor (default lr / 10; lr = a constant rate after warmup). */
@@ -243,22 +243,18 @@ export function digitTokenIds(tok: { vocabSize: number; decode(ids: ArrayLike<nu
 }
 
 /**
- * Splits next-token targets (-100 = none) into the decision tokens (digit tokens: the
- * candidate indices a trace writes) and the rest; each keeps -100 where the other has a target.
- * Throws when either part is empty (every trace has an answer and a closing token).
+ * Per-token loss weights for next-token targets (-100 = none) under a decision share: the
+ * decision tokens (digit tokens: the candidate indices a trace writes) share `share` equally,
+ * the other targets share the rest, so crossEntropy's weighted mean is share times the
+ * decisions' mean plus (1 - share) times the others'. Throws when either part is empty
+ * (every trace has an answer and a closing token).
  */
-export function decisionTargets(targets: Int32Array, digitIds: ReadonlySet<number>): { decisions: Int32Array; rest: Int32Array } {
-  const decisions = new Int32Array(targets.length).fill(-100);
-  const rest = new Int32Array(targets.length).fill(-100);
+export function decisionWeights(targets: Int32Array, digitIds: ReadonlySet<number>, share: number): Float32Array {
   let nd = 0;
   let nr = 0;
-  targets.forEach((t, i) => {
-    if (t === -100) return;
-    if (digitIds.has(t)) (decisions[i] = t), nd++;
-    else (rest[i] = t), nr++;
-  });
+  for (const t of targets) if (t !== -100) digitIds.has(t) ? nd++ : nr++;
   if (!nd || !nr) throw new Error(`sft: decisionShare needs both decision (digit) and other target tokens; this batch has ${nd} and ${nr}`);
-  return { decisions, rest };
+  return Float32Array.from(targets, (t) => (t === -100 ? 0 : digitIds.has(t) ? share / nd : (1 - share) / nr));
 }
 
 /** The usable queries of the given tasks (default every task); none is an error that names the tasks. */
@@ -410,10 +406,8 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
           counts.traceTokens += s.traceMask.reduce((a, v) => a + v, 0);
           counts.inspections += s.inspections.length;
         });
-        const flat = reshape(logits, [B * T, V]);
-        if (share === undefined) return crossEntropy(flat, fromArray(targets, [B * T], 'i32'));
-        const { decisions, rest } = decisionTargets(targets, digitIds);
-        return add(mulScalar(crossEntropy(flat, fromArray(decisions, [B * T], 'i32')), share), mulScalar(crossEntropy(flat, fromArray(rest, [B * T], 'i32')), 1 - share));
+        const mask = share === undefined ? undefined : fromArray(decisionWeights(targets, digitIds, share), [B * T]);
+        return crossEntropy(reshape(logits, [B * T, V]), fromArray(targets, [B * T], 'i32'), { mask });
       });
       const v = await loss.item();
       loss.dispose();

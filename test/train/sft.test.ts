@@ -11,7 +11,7 @@ import { type CompressFactory, type CompressPrompt, inspectionParts, rerankGener
 import { Icm, icmCompress, icmConfigFor } from '../../model/icm.ts';
 import { Mllm } from '../../model/mllm.ts';
 import { type CandidateInput, type QueryInput, rerankParts } from '../../model/sequence.ts';
-import { type SftExample, decisionTargets, digitTokenIds, makeSftExample, sftSequence, sftTrain, trainingQueries, usableQueries } from '../../train/sft.ts';
+import { type SftExample, decisionWeights, digitTokenIds, makeSftExample, sftSequence, sftTrain, trainingQueries, usableQueries } from '../../train/sft.ts';
 import { evaluateRerank, rerankedOrder } from '../../train/eval/rerank.ts';
 import { expectClose } from '../helpers.ts';
 import { K, SYSTEM, config, data, emojis, images, tok } from './reranker-fixture.ts';
@@ -49,7 +49,7 @@ describe('sft', () => {
     expect(() => trainingQueries(data, [99])).toThrow(/no usable training queries of tasks 99/);
   });
 
-  it('the decision share weights exactly the digit tokens of the trace: the indices it writes', () => {
+  it('the decision share weights exactly the digit tokens of the trace: the indices it writes', async () => {
     const model = newModel(3);
     const digits = digitTokenIds(tok);
     // A trace with an inspection and no digit inside a word (each number is whole tokens).
@@ -58,16 +58,27 @@ describe('sft', () => {
       .find((e) => e.trace.inspections.length >= 1 && !/[0-9]/.test(e.trace.text.replace(/\b[0-9]+\b/g, '')))!;
     expect(ex).toBeDefined();
     const s = T.noGrad(() => sftSequence(model, ex, 2, undefined, SYSTEM));
-    const { decisions, rest } = decisionTargets(s.targets, digits);
+    const share = 0.5;
+    const w = decisionWeights(s.targets, digits, share);
+    const isDecision = (t: number) => t !== -100 && digits.has(t);
+    const nd = [...s.targets].filter(isDecision).length;
+    const nr = [...s.targets].filter((t) => t !== -100 && !digits.has(t)).length;
     s.targets.forEach((t, i) => {
-      // Each target in exactly one part.
-      expect([decisions[i], rest[i]].filter((v) => v !== -100)).toEqual(t === -100 ? [] : [t]);
+      // Every target weighted, by its part; nothing else.
+      expect(w[i]).toBeCloseTo(t === -100 ? 0 : isDecision(t) ? share / nd : (1 - share) / nr, 7);
     });
     // The decision tokens spell the trace's numbers in order: eliminated, inspected, answer.
-    const written = tok.decode([...decisions].filter((t) => t !== -100));
+    const written = tok.decode([...s.targets].filter(isDecision));
     expect(written).toBe((ex.trace.text.match(/[0-9]+/g) ?? []).join(''));
     expect(written.endsWith(String(ex.trace.answer))).toBe(true);
-    expect(() => decisionTargets(new Int32Array([5, -100]), digits)).toThrow(/needs both decision/);
+    // crossEntropy's weighted mean is the mix of the two parts' own means.
+    const N = s.targets.length;
+    const logits = T.randn([N, tok.vocabSize], { seed: 5 });
+    const tg = T.fromArray(s.targets, [N], 'i32');
+    const mixed = await T.crossEntropy(logits, tg, { mask: T.fromArray(w, [N]) }).item();
+    const part = (keep: (t: number) => boolean) => T.crossEntropy(logits, T.fromArray(s.targets.map((t) => (keep(t) ? t : -100)), [N], 'i32')).item();
+    expectClose([mixed], [share * (await part(isDecision)) + (1 - share) * (await part((t) => !isDecision(t)))], 1e-5);
+    expect(() => decisionWeights(new Int32Array([5, -100]), digits, share)).toThrow(/needs both decision/);
   });
 
   it('the loss mask covers exactly the trace tokens; spliced content and prompt get none', () => {
