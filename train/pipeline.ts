@@ -53,7 +53,7 @@ export interface PipelineConfig {
   /** centre: the new ICM centres its rows over each list (model/icm.ts IcmConfig.centre). */
   align: { steps: number; batch: number; lr: number; centre: boolean };
   /**
-   * traceStyle: the synthetic traces' wording (train/data/cot.ts: full, brief or open). kStart:
+   * traceStyle: the synthetic traces' wording (train/data/cot.ts: full, brief, open or nameless). kStart:
    * the K curriculum's first list length (train/sft.ts curriculumK; eval.K = none).
    * easyShare: the share of the steps, from the start, whose lists take random negatives
    * instead of hard ones (train/sft.ts randomNegativeSteps; 0 = none). tasks: train on these

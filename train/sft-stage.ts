@@ -7,7 +7,7 @@
 //   npx tsx train/sft-stage.ts --base <checkpoint> [--icm <align final>] --out runs/sft-tiny
 //     [--data data/emoji-mbeir] [--steps 300] [--batch 4] [--lr 1e-3] [--K 16]
 //     [--k-start 4] [--easy-share 0.5] [--tasks 4,6] [--decision-share 0.5]
-//     [--max-inspections 3] [--trace full|brief|open] [--save-every 25] [--seed 1] [--no-icm]
+//     [--decision-tokens digits|answer] [--max-inspections 3] [--trace full|brief|open|nameless] [--save-every 25] [--seed 1] [--no-icm]
 //     [--no-inspect] [--quiet]
 //
 // Choices:
@@ -33,7 +33,7 @@ import { loadBenchmark, readSideTable } from './data/emoji-benchmark.ts';
 import { TRACE_STYLES, type TraceStyle } from './data/cot.ts';
 import { ImageStore } from './data/inputs.ts';
 import { writeTextAtomic } from './atomic-write.ts';
-import { type SftData, type SftStepInfo, sftTrain } from './sft.ts';
+import { DECISION_TOKENS, type DecisionTokens, type SftData, type SftStepInfo, sftTrain } from './sft.ts';
 
 export const SFT_DONE_FILE = 'sft.json';
 const COMPRESS_FILE = 'compress.safetensors'; // sftTrain's name for the ICM weights
@@ -66,6 +66,8 @@ export interface SftStageOptions {
   tasks?: readonly number[];
   /** The share of the loss on the candidate-index tokens (train/sft.ts decisionWeights; default none). */
   decisionShare?: number;
+  /** Which tokens the decision share weights: every index (digits, default) or the answer's alone. */
+  decisionTokens?: DecisionTokens;
   /** Inspections per trace at most (default 3; forced to 0 by noInspect). */
   maxInspections?: number;
   /** Wording of the synthetic traces (train/data/cot.ts; default full). */
@@ -111,6 +113,7 @@ export interface SftStageRecord {
   easy_share: number;
   tasks: readonly number[] | null;
   decision_share: number | null;
+  decision_tokens: DecisionTokens;
   steps: number;
   batch: number;
   lr: number;
@@ -240,6 +243,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       easyShare: o.easyShare,
       tasks: o.tasks,
       decisionShare: o.decisionShare,
+      decisionTokens: o.decisionTokens,
       maxInspections,
       traceStyle: o.traceStyle,
       compress: icm ? icmCompress(model, icm) : undefined,
@@ -280,6 +284,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       easy_share: o.easyShare ?? 0,
       tasks: o.tasks ?? null,
       decision_share: o.decisionShare ?? null,
+      decision_tokens: o.decisionTokens ?? 'digits',
       steps: o.steps,
       batch: o.batch,
       lr: o.lr,
@@ -321,6 +326,7 @@ async function main(): Promise<void> {
       'easy-share': { type: 'string', default: '0' },
       tasks: { type: 'string' },
       'decision-share': { type: 'string' },
+      'decision-tokens': { type: 'string', default: 'digits' },
       'max-inspections': { type: 'string', default: '3' },
       trace: { type: 'string', default: 'full' },
       'save-every': { type: 'string', default: '25' },
@@ -338,6 +344,7 @@ async function main(): Promise<void> {
   if (!a.base) throw new Error('--base <checkpoint folder> is required (e.g. runs/align-tiny/final)');
   if (!a.out) throw new Error('--out <run folder> is required (e.g. runs/sft-tiny)');
   if (!TRACE_STYLES.includes(a.trace as TraceStyle)) throw new Error(`--trace must be one of ${TRACE_STYLES.join(', ')}, got ${a.trace}`);
+  if (!DECISION_TOKENS.includes(a['decision-tokens'] as DecisionTokens)) throw new Error(`--decision-tokens must be one of ${DECISION_TOKENS.join(', ')}, got ${a['decision-tokens']}`);
   if (a['no-icm'] && a.icm) throw new Error('--icm and --no-icm contradict each other');
   const tasks = a.tasks?.split(',').map((t) => Number(t));
   if (tasks?.some((t) => !Number.isInteger(t) || t < 0)) throw new Error(`--tasks must be task ids separated by commas, got ${a.tasks}`);
@@ -359,6 +366,7 @@ async function main(): Promise<void> {
     easyShare: num('easy-share', a['easy-share'], false),
     tasks,
     decisionShare: a['decision-share'] === undefined ? undefined : num('decision-share', a['decision-share'], false),
+    decisionTokens: a['decision-tokens'] as DecisionTokens,
     maxInspections: num('max-inspections', a['max-inspections']),
     traceStyle: a.trace as TraceStyle,
     saveEvery: num('save-every', a['save-every']),

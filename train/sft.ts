@@ -8,10 +8,12 @@
 // its <inspection-index-end> exactly as at inference (model/inspect.ts traceLayout).
 // Cross-entropy on the assistant tokens only: the trace tokens and the closing
 // <|im_end|>; never the prompt, never the spliced content. With `decisionShare` the
-// tokens that write a candidate index (the eliminated ones, the inspected ones, the
-// answer: digit tokens) carry that share of the loss and the rest of the trace the
-// remainder, each a mean over its own tokens: in a brief trace of ~100 tokens the dozen
-// that decide would otherwise get about a tenth of the loss (an answer-only trace: 1 of 6).
+// decision tokens carry that share of the loss and the rest of the trace the remainder,
+// each a mean over its own tokens: in a brief trace of ~100 tokens the dozen that decide
+// would otherwise get about a tenth of the loss (an answer-only trace: 1 of 6), and the
+// answer alone about a hundredth. The decision tokens are every index the trace writes (the
+// eliminated ones, the inspected ones, the answer: digit tokens), or with
+// `decisionTokens: 'answer'` the answer's index alone (the tokens inside <answer></answer>).
 //
 // With a compress function whose parameters are given (compressParams), the ICM trains
 // jointly with the model (one optimizer). Examples come from the benchmark (`data`: each
@@ -170,6 +172,8 @@ export interface SftOptions {
   clip?: number;
   /** The share of the loss on the decision tokens (decisionWeights; default none: one mean over every target token). */
   decisionShare?: number;
+  /** The decision tokens: every index the trace writes (default), or the answer's alone. */
+  decisionTokens?: DecisionTokens;
   warmupSteps?: number;
   /** The cosine schedule's floor (default lr / 10; lr = a constant rate after warmup). */
   minLr?: number;
@@ -249,13 +253,39 @@ export function digitTokenIds(tok: { vocabSize: number; decode(ids: ArrayLike<nu
  * decisions' mean plus (1 - share) times the others'. Throws when either part is empty
  * (every trace has an answer and a closing token).
  */
-export function decisionWeights(targets: Int32Array, digitIds: ReadonlySet<number>, share: number): Float32Array {
+export function decisionWeights(targets: Int32Array, isDecision: (target: number, at: number) => boolean, share: number): Float32Array {
   let nd = 0;
   let nr = 0;
-  for (const t of targets) if (t !== -100) digitIds.has(t) ? nd++ : nr++;
-  if (!nd || !nr) throw new Error(`sft: decisionShare needs both decision (digit) and other target tokens; this batch has ${nd} and ${nr}`);
-  return Float32Array.from(targets, (t) => (t === -100 ? 0 : digitIds.has(t) ? share / nd : (1 - share) / nr));
+  targets.forEach((t, i) => {
+    if (t !== -100) isDecision(t, i) ? nd++ : nr++;
+  });
+  if (!nd || !nr) throw new Error(`sft: decisionShare needs both decision and other target tokens; this batch has ${nd} and ${nr}`);
+  return Float32Array.from(targets, (t, i) => (t === -100 ? 0 : isDecision(t, i) ? share / nd : (1 - share) / nr));
 }
+
+/**
+ * Which positions of a sequence predict a token of the answer's index: from the trace
+ * position that reads <answer> up to the one that predicts </answer>, that one excluded.
+ * Only positions with a target count: the system prompt spells the format, tags included.
+ */
+export function answerTargets(ids: ArrayLike<number>, targets: Int32Array, special: { answerStart: number; answerEnd: number }): Uint8Array {
+  const out = new Uint8Array(targets.length);
+  let inside = false;
+  for (let p = 0; p < targets.length; p++) {
+    if (targets[p] === -100) {
+      inside = false;
+      continue;
+    }
+    if (ids[p] === special.answerStart) inside = true;
+    if (targets[p] === special.answerEnd) inside = false;
+    if (inside) out[p] = 1;
+  }
+  return out;
+}
+
+/** What counts as a decision token under a decision share. */
+export type DecisionTokens = 'digits' | 'answer';
+export const DECISION_TOKENS: readonly DecisionTokens[] = ['digits', 'answer'];
 
 /** The usable queries of the given tasks (default every task); none is an error that names the tasks. */
 export function trainingQueries(data: SftData, tasks?: readonly number[]): MbeirQuery[] {
@@ -384,7 +414,9 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
   const V = model.tokenizer.vocabSize;
   const share = o.decisionShare;
   if (share !== undefined && !(share > 0 && share < 1)) throw new RangeError(`sft: decisionShare must be a number between 0 and 1 (exclusive), got ${share}`);
-  const digitIds = share === undefined ? new Set<number>() : digitTokenIds(model.tokenizer);
+  const decisionTokens = o.decisionTokens ?? 'digits';
+  if (!DECISION_TOKENS.includes(decisionTokens)) throw new RangeError(`sft: decisionTokens must be one of ${DECISION_TOKENS.join(', ')}, got ${decisionTokens}`);
+  const digitIds = share === undefined || decisionTokens !== 'digits' ? new Set<number>() : digitTokenIds(model.tokenizer);
   let lastLoss = NaN;
   try {
     for (let step = start; step < o.steps; step++) {
@@ -399,14 +431,17 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
         const seqs = examples.map((ex, b) => sftSequence(model, ex, maxIns, o.compress && (() => hooks[b]), o.system));
         const { logits, T } = model.forward(seqs.map((s) => s.layout));
         const targets = new Int32Array(B * T).fill(-100);
+        const answer = decisionTokens === 'answer' ? new Uint8Array(B * T) : undefined;
         seqs.forEach((s, b) => {
           targets.set(s.targets, b * T);
+          answer?.set(answerTargets(s.layout.ids, s.targets, model.tokenizer.specialIds), b * T);
           counts.tokens += s.layout.length;
           counts.promptTokens += s.promptLength;
           counts.traceTokens += s.traceMask.reduce((a, v) => a + v, 0);
           counts.inspections += s.inspections.length;
         });
-        const mask = share === undefined ? undefined : fromArray(decisionWeights(targets, digitIds, share), [B * T]);
+        const isDecision = answer ? (_t: number, i: number) => answer[i] === 1 : (t: number) => digitIds.has(t);
+        const mask = share === undefined ? undefined : fromArray(decisionWeights(targets, isDecision, share), [B * T]);
         return crossEntropy(reshape(logits, [B * T, V]), fromArray(targets, [B * T], 'i32'), { mask });
       });
       const v = await loss.item();

@@ -29,8 +29,9 @@ function makeTrace(q: MbeirQuery, draw = 0, maxInspections = 3, style: TraceStyl
 /**
  * Re-derives every claim of a trace from the attributes; returns the list of violations.
  * open: hard negatives may go unmentioned (the open style leaves the uninspected ones out).
+ * named: candidates are written `candidate 3 ("name")`; false (nameless): `candidate 3`.
  */
-function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trace, open = false): string[] {
+function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trace, open = false, named = true): string[] {
   const bad: string[] = [];
   const fail = (s: string, why: string) => bad.push(`${q.qid}: ${why}: «${s}»`);
   const pos = new Set(q.pos_cand_list);
@@ -44,12 +45,16 @@ function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trac
     if (marker) {
       const i = Number(marker[1]);
       if (!(i < K)) fail(s, 'inspection out of range');
-      if (!new RegExp(`[Cc]andidate ${i} \\(`).test(t.sentences[k + 1] ?? '')) fail(s, 'the sentence after an inspection does not discuss that candidate');
+      if (!new RegExp(`^[Cc]andidate ${i}${named ? ' \\(' : '\\b'}`).test(t.sentences[k + 1] ?? '')) fail(s, 'the sentence after an inspection does not discuss that candidate');
       return;
     }
     if (/inspection-index/.test(s)) fail(s, 'marker inside a sentence');
     // Candidate names.
     const pairs = [...s.matchAll(/(\d+) \("([^"]+)"\)/g)].map((m) => ({ i: Number(m[1]), name: m[2] }));
+    if (!named && pairs.length) fail(s, 'a nameless trace names a candidate');
+    // Nameless: a candidate by index alone, `Candidate 3 has ...`.
+    const bareNamed = named ? [] : [...s.matchAll(/[Cc]andidate (\d+)\b(?! \()/g)].map((m) => Number(m[1]));
+    for (const i of bareNamed) mentioned.add(i);
     for (const p of pairs) {
       mentioned.add(p.i);
       if (!(p.i < K)) fail(s, `candidate ${p.i} out of range`);
@@ -76,7 +81,7 @@ function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trac
     const bare = s.replace(/"[^"]*"/g, '""');
     for (const m of bare.matchAll(TONE_RE)) {
       const before = bare.slice(0, m.index);
-      const c = /[Cc]andidate (\d+) \(""\) has $/.exec(before);
+      const c = (named ? /[Cc]andidate (\d+) \(""\) has $/ : /[Cc]andidate (\d+) has $/).exec(before);
       if (c) {
         if (toneOf(A(Number(c[1])).skin_tone) !== m[1]) fail(s, `candidate ${c[1]} does not have ${m[1]}`);
       } else if (/(asks for|request for|target has|should have) $/.test(before)) {
@@ -86,9 +91,9 @@ function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trac
     // Rejections name negatives only; acceptances positives only.
     // (names such as "sad but relieved face" do not count.)
     if (NEGATION.test(bare)) {
-      for (const p of pairs) if (pos.has(cands[p.i]) || A(p.i).name === qa.name) fail(s, `candidate ${p.i} is rejected but matches`);
+      for (const i of [...pairs.map((p) => p.i), ...bareNamed]) if (pos.has(cands[i]) || A(i).name === qa.name) fail(s, `candidate ${i} is rejected but matches`);
     } else if (ACCEPT.test(bare)) {
-      for (const p of pairs) if (!pos.has(cands[p.i])) fail(s, `candidate ${p.i} is accepted but is a negative`);
+      for (const i of [...pairs.map((p) => p.i), ...bareNamed]) if (!pos.has(cands[i])) fail(s, `candidate ${i} is accepted but is a negative`);
     }
     const sub = /same subcategory \(([^)]+)\)/.exec(s);
     if (sub && (sub[1] !== qa.subcategory || pairs.some((p) => A(p.i).subcategory !== sub[1]))) fail(s, 'wrong subcategory');
@@ -104,13 +109,13 @@ function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trac
 }
 
 describe('synthetic chains of thought', () => {
-  it.each(['full', 'brief', 'open'] as const)('every sentence is true of the data and the answer is a positive (%s)', (style) => {
+  it.each(['full', 'brief', 'open', 'nameless'] as const)('every sentence is true of the data and the answer is a positive (%s)', (style) => {
     const bad: string[] = [];
     let n = 0;
     for (const q of train) {
       for (const draw of [0, 1]) {
         const { cands, trace } = makeTrace(q, draw, 3, style);
-        bad.push(...check(q, qattrs.get(q.qid)!, cands, trace, style === 'open'));
+        bad.push(...check(q, qattrs.get(q.qid)!, cands, trace, style === 'open' || style === 'nameless', style !== 'nameless'));
         n++;
       }
     }
@@ -134,6 +139,14 @@ describe('synthetic chains of thought', () => {
     tone.text = `<think>${tone.sentences.join(' ')}</think><answer>${trace.answer}</answer>`;
     const qa = qattrs.get(q.qid)!;
     if (qa.skin_tone !== 'light skin tone' || attrs.get(cands[wrong])!.skin_tone !== 'dark skin tone') expect(check(q, qa, cands, tone).length).toBeGreaterThan(0);
+    // Nameless lies: the answer rejected, a negative accepted, a name slipped in.
+    const bare = makeTrace(q, 0, 3, 'nameless').trace;
+    for (const lie of [`Candidate ${bare.answer} is wrong.`, `Candidate ${wrong} matches the query.`, `Candidate ${wrong} ("${attrs.get(cands[wrong])!.name}") is wrong.`]) {
+      const f = { ...bare, sentences: [...bare.sentences, lie] };
+      f.text = `<think>${f.sentences.join(' ')}</think><answer>${bare.answer}</answer>`;
+      expect(check(q, qa, cands, f, true, false).length, lie).toBeGreaterThan(0);
+    }
+    expect(check(q, qa, cands, bare, true, false)).toEqual([]);
   });
 
   it('the answer takes every position; wording and inspection counts vary', () => {
@@ -175,6 +188,33 @@ describe('synthetic chains of thought', () => {
     }
     // Lists with hard negatives leave more than one candidate standing for the answer.
     expect(open).toBeGreaterThan(train.length / 10);
+  });
+
+  it('the nameless style makes the open decisions without naming any emoji', () => {
+    let toned = 0;
+    for (const q of train) {
+      for (const draw of [0, 1]) {
+        const { cands, trace } = makeTrace(q, draw, 3, 'nameless');
+        const open = makeTrace(q, draw, 3, 'open').trace;
+        // Same draws and decisions: answer, inspections, the elimination list.
+        expect({ answer: trace.answer, inspections: trace.inspections }).toEqual({ answer: open.answer, inspections: open.inspections });
+        // (before the first inspection: after one, `Candidate 3 is wrong.` is a comparison)
+        const list = (t: Trace) => {
+          const first = t.sentences.findIndex((x) => x.startsWith('<inspection'));
+          return t.sentences.slice(0, first < 0 ? undefined : first).find((x) => /^Candidates? [0-9, and]+ (is|are) wrong\.$/.test(x));
+        };
+        expect(list(trace)).toBe(list(open));
+        // No quoted string, and no candidate's or the target's name (names of 5 letters or more,
+        // so that a name like "cat" inside a template word does not count).
+        expect(trace.text).not.toMatch(/"/);
+        for (const name of [qattrs.get(q.qid)!.name, ...cands.map((d) => attrs.get(d)!.name)]) {
+          if (name.length >= 5) expect(trace.text.toLowerCase()).not.toContain(name.toLowerCase());
+        }
+        if (/has (light|medium|dark|no skin)/.test(trace.text)) toned++;
+      }
+    }
+    // Skin tones, the one detail it names, are compared in a fair share of the traces.
+    expect(toned).toBeGreaterThan(train.length / 20);
   });
 
   it('the brief style states the same decisions in far fewer characters', () => {

@@ -10,8 +10,8 @@ import * as T from '../../runtime/index.ts';
 import { type CompressFactory, type CompressPrompt, inspectionParts, rerankGenerate, traceLayout } from '../../model/inspect.ts';
 import { Icm, icmCompress, icmConfigFor } from '../../model/icm.ts';
 import { Mllm } from '../../model/mllm.ts';
-import { type CandidateInput, type QueryInput, rerankParts } from '../../model/sequence.ts';
-import { type SftExample, decisionWeights, digitTokenIds, makeSftExample, sftSequence, sftTrain, trainingQueries, usableQueries } from '../../train/sft.ts';
+import { type CandidateInput, DEFAULT_SYSTEM, type QueryInput, rerankParts } from '../../model/sequence.ts';
+import { type SftExample, answerTargets, decisionWeights, digitTokenIds, makeSftExample, sftSequence, sftTrain, trainingQueries, usableQueries } from '../../train/sft.ts';
 import { evaluateRerank, rerankedOrder } from '../../train/eval/rerank.ts';
 import { expectClose } from '../helpers.ts';
 import { K, SYSTEM, config, data, emojis, images, tok } from './reranker-fixture.ts';
@@ -49,7 +49,7 @@ describe('sft', () => {
     expect(() => trainingQueries(data, [99])).toThrow(/no usable training queries of tasks 99/);
   });
 
-  it('the decision share weights exactly the digit tokens of the trace: the indices it writes', async () => {
+  it('the decision share weights exactly the digit tokens of the trace (the indices it writes), or the answer alone', async () => {
     const model = newModel(3);
     const digits = digitTokenIds(tok);
     // A trace with an inspection and no digit inside a word (each number is whole tokens).
@@ -59,7 +59,7 @@ describe('sft', () => {
     expect(ex).toBeDefined();
     const s = T.noGrad(() => sftSequence(model, ex, 2, undefined, SYSTEM));
     const share = 0.5;
-    const w = decisionWeights(s.targets, digits, share);
+    const w = decisionWeights(s.targets, (t) => digits.has(t), share);
     const isDecision = (t: number) => t !== -100 && digits.has(t);
     const nd = [...s.targets].filter(isDecision).length;
     const nr = [...s.targets].filter((t) => t !== -100 && !digits.has(t)).length;
@@ -78,7 +78,19 @@ describe('sft', () => {
     const mixed = await T.crossEntropy(logits, tg, { mask: T.fromArray(w, [N]) }).item();
     const part = (keep: (t: number) => boolean) => T.crossEntropy(logits, T.fromArray(s.targets.map((t) => (keep(t) ? t : -100)), [N], 'i32')).item();
     expectClose([mixed], [share * (await part(isDecision)) + (1 - share) * (await part((t) => !isDecision(t)))], 1e-5);
-    expect(() => decisionWeights(new Int32Array([5, -100]), digits, share)).toThrow(/needs both decision/);
+    expect(() => decisionWeights(new Int32Array([5, -100]), (t) => digits.has(t), share)).toThrow(/needs both decision/);
+    // The answer alone: its positions spell the answer's index, and only they are decisions.
+    const at = answerTargets(s.layout.ids, s.targets, tok.specialIds);
+    expect(tok.decode([...s.targets].filter((_, i) => at[i]))).toBe(String(ex.trace.answer));
+    // Also under the default system prompt, which spells the <answer></answer> tags itself.
+    expect(DEFAULT_SYSTEM).toContain('<answer></answer>');
+    const d = T.noGrad(() => sftSequence(model, ex, 2));
+    const atD = answerTargets(d.layout.ids, d.targets, tok.specialIds);
+    expect(d.layout.ids.filter((id) => id === tok.specialIds.answerStart).length).toBe(2);
+    expect(tok.decode([...d.targets].filter((_, i) => atD[i]))).toBe(String(ex.trace.answer));
+    const wa = decisionWeights(s.targets, (_t, i) => at[i] === 1, share);
+    const na = at.reduce((a, v) => a + v, 0);
+    s.targets.forEach((t, i) => expect(wa[i]).toBeCloseTo(t === -100 ? 0 : at[i] ? share / na : (1 - share) / (nd + nr - na), 7));
   });
 
   it('the loss mask covers exactly the trace tokens; spliced content and prompt get none', () => {

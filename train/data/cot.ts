@@ -12,7 +12,7 @@
 // at inference (model/inspect.ts traceLayout).
 //
 // Sentence forms (tests re-derive every claim from the attributes):
-//   - a candidate is always named as `candidate 3 ("cat face")` (lists: `3 ("a"), 4 ("b")`);
+//   - a candidate is named as `candidate 3 ("cat face")` (lists: `3 ("a"), 4 ("b")`; nameless: `candidate 3`);
 //     any other quoted string is the target's name, the base emoji of a task-6 query image,
 //     or (in a sentence about keywords) a keyword of the target;
 //   - a skin tone is claimed as `candidate 3 ("...") has T` or `the target has T` /
@@ -22,7 +22,7 @@
 // Wording is drawn from several templates per step with a seeded generator; the number of
 // inspections varies (0..3, more when hard negatives are present).
 //
-// Two styles. `full` names every candidate it rules out and varies its wording: about 640
+// Four styles. `full` names every candidate it rules out and varies its wording: about 640
 // tokens at K = 16 with the tiny tokenizer. `brief` keeps the four steps in fixed, short
 // forms: `Target: "name".`, one sentence ruling out every clearly wrong candidate by index
 // (`Candidates 0, 2 and 5 are wrong.`: wrong because not the target, true by
@@ -33,6 +33,11 @@
 // clearly wrong candidates (neither the target's emoji in another tone nor of its
 // subcategory); hard negatives it does not inspect go unmentioned, so the trace does not
 // give the answer away unless it inspects it, and the answer stays a decision.
+// `nameless` is `open` without names: the target is described only by what the query
+// shows or says (its skin tone), candidates are `Candidate 3`, and only skin tones are
+// compared. A small model cannot name an emoji it never saw named (every validation and
+// test emoji), and a trace that starts from a wrong name derails everything after it;
+// this style asks only for what it can see: tones, and which candidate matches.
 import type { MbeirQuery } from './mbeir-types.ts';
 import type { EmojiAttributes, EmojiQueryAttributes } from './emoji-benchmark.ts';
 import { type SeededRng, type Split, rngFor } from './seeded.ts';
@@ -116,8 +121,8 @@ export function candidateList(q: MbeirQuery, o: CandidateListOptions): string[] 
   return (o.shuffle ?? true) ? rng.shuffle(list) : list;
 }
 
-export type TraceStyle = 'full' | 'brief' | 'open';
-export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief', 'open'];
+export type TraceStyle = 'full' | 'brief' | 'open' | 'nameless';
+export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief', 'open', 'nameless'];
 
 export interface TraceOptions {
   seed: number;
@@ -142,7 +147,8 @@ export interface Trace {
 }
 
 const q = (s: string) => `"${s}"`;
-const cand = (i: number, name: string) => `candidate ${i} (${q(name)})`;
+// A candidate by index and name; by index only when the name is left out (nameless style).
+const cand = (i: number, name?: string) => (name === undefined ? `candidate ${i}` : `candidate ${i} (${q(name)})`);
 const cap = (s: string) => s.charAt(0).toUpperCase() + s.slice(1);
 
 function listOf(items: string[]): string {
@@ -225,8 +231,8 @@ function eliminate(rng: SeededRng, items: Info[], targetName: string): string[] 
 }
 
 /** A hard negative compared in detail (after an inspection, or without one). */
-function compare(rng: SeededRng, c: Info, qa: EmojiQueryAttributes): string {
-  const C = cap(cand(c.i, c.a.name));
+function compare(rng: SeededRng, c: Info, qa: EmojiQueryAttributes, named = true): string {
+  const C = cap(cand(c.i, named ? c.a.name : undefined));
   const N = q(qa.name);
   if (c.sameBase && c.a.skin_tone !== qa.skin_tone) {
     const ct = toneOf(c.a.skin_tone);
@@ -238,8 +244,8 @@ function compare(rng: SeededRng, c: Info, qa: EmojiQueryAttributes): string {
 }
 
 /** Accepting a positive (no negation words). */
-function accept(rng: SeededRng, c: Info, qa: EmojiQueryAttributes, also = false): string {
-  const C = cap(cand(c.i, c.a.name));
+function accept(rng: SeededRng, c: Info, qa: EmojiQueryAttributes, also = false, named = true): string {
+  const C = cap(cand(c.i, named ? c.a.name : undefined));
   if (also) return `${C} also matches the query.`;
   if (qa.skin_tone && c.a.skin_tone) return rng.pick([`${C} has ${c.a.skin_tone}, as the query asks.`, `${C} has ${c.a.skin_tone} and matches the query.`]);
   return rng.pick([`${C} matches the query.`, `${C} is exactly what the query asks for.`, `${C} is the right one.`]);
@@ -256,9 +262,23 @@ function briefEliminate(items: Info[]): string[] {
 }
 
 /** Brief step (c): a hard negative after a look (a different tone is named, anything else is just wrong). */
-function briefCompare(rng: SeededRng, c: Info, qa: EmojiQueryAttributes): string {
-  if (c.sameBase && c.a.skin_tone !== qa.skin_tone) return compare(rng, c, qa);
-  return `${cap(cand(c.i, c.a.name))} is wrong.`;
+function briefCompare(rng: SeededRng, c: Info, qa: EmojiQueryAttributes, named = true): string {
+  if (c.sameBase && c.a.skin_tone !== qa.skin_tone) return compare(rng, c, qa, named);
+  return `${cap(cand(c.i, named ? c.a.name : undefined))} is wrong.`;
+}
+
+/** Nameless step (a): the ideal result as the query gives it, with the tone when it matters. */
+function namelessDescribe(qa: EmojiQueryAttributes, toneMatters: boolean): string[] {
+  const target: Record<number, string> = {
+    0: 'Target: the emoji that the query text describes.',
+    1: 'Target: the name of the emoji that the query words describe.',
+    3: 'Target: the text that describes the query image.',
+    4: 'Target: the same emoji as the query image.',
+    6: `Target: the emoji of the query image; the text asks for ${toneOf(qa.skin_tone)}.`,
+  };
+  const out = [target[qa.task_id] ?? 'Target: the candidate that matches the query.'];
+  if (toneMatters && qa.task_id !== 6) out.push(`The target has ${toneOf(qa.skin_tone)}.`);
+  return out;
 }
 
 /**
@@ -278,7 +298,8 @@ export function synthesizeTrace(
   const maxIns = opts.maxInspections ?? 3;
   const style = opts.style ?? 'full';
   if (!TRACE_STYLES.includes(style)) throw new RangeError(`synthesizeTrace: unknown style '${style}' (${TRACE_STYLES.join(', ')})`);
-  const brief = style === 'brief' || style === 'open';
+  const brief = style !== 'full';
+  const named = style !== 'nameless';
   const pos = new Set(query.pos_cand_list);
   const infos: Info[] = candidates.map((d, i) => {
     const a = attributes.get(d);
@@ -303,13 +324,13 @@ export function synthesizeTrace(
   if (inspectAnswer) inspected.splice(rng.int(inspected.length + 1), 0, ans);
 
   const toneMatters = infos.some((c) => c.sameBase && c.a.skin_tone !== qa.skin_tone);
-  const sentences = brief ? [briefDescribe(qa)] : describe(rng, qa, emojis.get(qa.unified), qa.task_id === 6 ? emojis.get(qa.base) : undefined, toneMatters);
+  const sentences = !named ? namelessDescribe(qa, toneMatters) : brief ? [briefDescribe(qa)] : describe(rng, qa, emojis.get(qa.unified), qa.task_id === 6 ? emojis.get(qa.base) : undefined, toneMatters);
 
   // (b) the clearly wrong ones, by name; other skin tones of the target's emoji that are
   // not inspected are compared on their tone without a look.
   const notInspected = (c: Info) => !c.positive && !inspected.includes(c);
   // Brief: every negative that is not inspected goes in the one list (other tones too);
-  // open: only those that are not hard.
+  // open and nameless: only those that are not hard.
   if (brief) sentences.push(...briefEliminate(infos.filter((c) => notInspected(c) && (style === 'brief' || !c.hard))));
   else {
     sentences.push(...eliminate(rng, infos.filter((c) => notInspected(c) && !c.sameBase), qa.name));
@@ -321,11 +342,11 @@ export function synthesizeTrace(
     const intro = brief ? '' : rng.pick([`${cap(`candidate ${c.i}`)} needs a closer look.`, `Let me inspect candidate ${c.i}.`, `I will check the details of candidate ${c.i}.`, '']);
     if (intro) sentences.push(intro);
     sentences.push(`${INSPECT_START}${c.i}${INSPECT_END}`);
-    sentences.push(c.positive ? accept(rng, c, qa) : brief ? briefCompare(rng, c, qa) : compare(rng, c, qa));
+    sentences.push(c.positive ? accept(rng, c, qa, false, named) : brief ? briefCompare(rng, c, qa, named) : compare(rng, c, qa));
   }
 
   // (d) the answer.
-  for (const c of infos) if (c.positive && c !== ans) sentences.push(accept(rng, c, qa, true));
+  for (const c of infos) if (c.positive && c !== ans) sentences.push(accept(rng, c, qa, true, named));
   if (!brief && !inspected.includes(ans) && rng.next() < 0.7) sentences.push(accept(rng, ans, qa));
   // Brief: the <answer> tag alone states step (d).
   if (!brief) sentences.push(rng.pick([`So the answer is candidate ${answer}.`, `The best match is candidate ${answer}.`, `Candidate ${answer} is the best match.`, `Therefore I choose candidate ${answer}.`]));
