@@ -36,17 +36,21 @@ fi
 
 base=runs/tiny-3k-cmp/align/final
 # The runs: a spec file fills args, calibArgs, kind, ckpt (an SFT-stage run's input, default
-# $base), evalK, evalQueries, evalFlags (see scripts/gpu-probe-k8.spec, the session-8 probe,
-# and scripts/gpu-probe-b32.spec).
-declare -A args calibArgs kind ckpt evalK evalQueries evalFlags
+# $base), evalK, evalQueries, evalFlags, tfArgs (train/experiments/answer-given-trace.ts's
+# arguments after the checkpoint: a teacher-forced check beside the evaluation) (see scripts/gpu-probe-k8.spec, the session-8 probe,
+# scripts/gpu-probe-b32.spec and scripts/gpu-probe-nameless.spec).
+declare -A args calibArgs kind ckpt evalK evalQueries evalFlags tfArgs
 source "${PROBE_SPEC:-scripts/gpu-probe-b32.spec}"
 
 # launch <seconds> <run> <steps> <out dir> <args>: an answer-only run (kind ao, args are its
-# flags) or the pipeline's SFT stage with traces (kind sft, args a JSON object whose sections override
-# those of train/configs/tiny-3k-easy.json); logOf/finalOf say where each kind writes.
+# flags), the pipeline's SFT stage with traces (kind sft, args a JSON object whose sections
+# override those of train/configs/tiny-3k-easy.json), or train/sft-stage.ts itself (kind
+# stage, args its flags, input ckpt[run]); logOf/finalOf say where each kind writes.
 launch() {
   local t=$1; shift
-  if [ "${kind[$1]:-ao}" = sft ]; then
+  if [ "${kind[$1]:-ao}" = stage ]; then
+    timeout "$t" node --import tsx train/sft-stage.ts --base "${ckpt[$1]:-$base}" $4 --steps "$2" --out "$3" --quiet
+  elif [ "${kind[$1]:-ao}" = sft ]; then
     node -e '
       const fs = require("fs"), c = JSON.parse(fs.readFileSync("train/configs/tiny-3k-easy.json", "utf8"));
       for (const [k, v] of Object.entries(JSON.parse(process.argv[1]))) Object.assign(c[k], v);
@@ -102,8 +106,12 @@ for r in "${!steps[@]}"; do
   timeout "$(($(left) - 10))" node --import tsx bin/retrv.ts eval --queries "${evalQueries[$r]:-runs/exp/val4.jsonl}" --pool data/emoji-mbeir/pool.jsonl \
     --image-root node_modules --ckpt "$model" --retriever runs/tiny-3k/retriever/final --k "${evalK[$r]}" --limit "${EVAL_LIMIT:-150}" \
     ${evalFlags[$r]:-} --out "runs/gpu/$r-eval.json" > "runs/gpu/$r-eval.out" 2>&1 &
+  [ -z "${tfArgs[$r]:-}" ] || timeout "$(($(left) - 10))" node --import tsx train/experiments/answer-given-trace.ts "$model" ${tfArgs[$r]} --queries "${EVAL_LIMIT:-150}" > "runs/gpu/$r-tf.out" 2>&1 &
 done
 wait_runs
-for r in "${!steps[@]}"; do say "$r eval:"; tail -4 "runs/gpu/$r-eval.out" | tee -a "$log"; done
+for r in "${!steps[@]}"; do
+  say "$r eval:"; tail -4 "runs/gpu/$r-eval.out" | tee -a "$log"
+  [ -z "${tfArgs[$r]:-}" ] || tail -1 "runs/gpu/$r-tf.out" | tee -a "$log"
+done
 pack
 say "done"
