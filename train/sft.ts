@@ -248,7 +248,8 @@ export function digitTokenIds(tok: { vocabSize: number; decode(ids: ArrayLike<nu
 
 /**
  * Per-token loss weights for next-token targets (-100 = none) under a decision share: the
- * decision tokens (digit tokens: the candidate indices a trace writes) share `share` equally,
+ * decision tokens (those isDecision(target, position) picks: the digit tokens of every
+ * index a trace writes, or the answer's positions from answerTargets) share `share` equally,
  * the other targets share the rest, so crossEntropy's weighted mean is share times the
  * decisions' mean plus (1 - share) times the others'. Throws when either part is empty
  * (every trace has an answer and a closing token).
