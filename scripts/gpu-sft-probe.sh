@@ -36,9 +36,9 @@ fi
 
 base=runs/tiny-3k-cmp/align/final
 # The runs: a spec file fills args, calibArgs, kind, ckpt (an SFT-stage run's input, default
-# $base), evalK, evalQueries, evalFlags, tfArgs (train/experiments/answer-given-trace.ts's
-# arguments after the checkpoint: a teacher-forced check beside the evaluation) (see scripts/gpu-probe-k8.spec, the session-8 probe,
-# scripts/gpu-probe-b32.spec and scripts/gpu-probe-nameless.spec).
+# $base), evalK, evalQueries, evalFlags and tfArgs (train/experiments/answer-given-trace.ts's
+# arguments after the checkpoint: a teacher-forced check beside the evaluation). See
+# scripts/gpu-probe-k8.spec (session 8), gpu-probe-b32.spec (9), gpu-probe-nameless.spec (10).
 declare -A args calibArgs kind ckpt evalK evalQueries evalFlags tfArgs
 source "${PROBE_SPEC:-scripts/gpu-probe-b32.spec}"
 

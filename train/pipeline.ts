@@ -57,9 +57,11 @@ export interface PipelineConfig {
    * the K curriculum's first list length (train/sft.ts curriculumK; eval.K = none).
    * easyShare: the share of the steps, from the start, whose lists take random negatives
    * instead of hard ones (train/sft.ts randomNegativeSteps; 0 = none). tasks: train on these
-   * task ids' queries only (null = every task).
+   * task ids' queries only (null = every task). answerShare: the share of the loss on the
+   * answer's tokens (train/sft.ts decisionWeights with decisionTokens 'answer'; 0 = one mean
+   * over every target token, as before).
    */
-  sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle; kStart: number; easyShare: number; tasks: number[] | null };
+  sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle; kStart: number; easyShare: number; tasks: number[] | null; answerShare: number };
   grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number };
   /**
    * Reranking evaluation: candidates per query, test queries (spread over the tasks), and
@@ -81,7 +83,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed' },
     firstStage: { perTask: 40 },
     align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
-    sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16, easyShare: 0, tasks: null },
+    sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16, easyShare: 0, tasks: null, answerShare: 0 },
     grpo: { steps: 4, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 384, fixedLambda: 0.5 },
     eval: { K: 16, limit: 12, maxNewTokens: 384 },
     ablations: false,
@@ -96,7 +98,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed' },
     firstStage: { perTask: 0 },
     align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
-    sft: { steps: 60, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 4, easyShare: 0.5, tasks: null },
+    sft: { steps: 60, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 4, easyShare: 0.5, tasks: null, answerShare: 0 },
     grpo: { steps: 4, batch: 2, group: 4, lr: 2e-5, maxNewTokens: 384, fixedLambda: 0.5 },
     eval: { K: 16, limit: 30, maxNewTokens: 384 },
     ablations: false,
@@ -151,6 +153,7 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   if (!Number.isInteger(cfg.sft.kStart) || cfg.sft.kStart < 1 || cfg.sft.kStart > cfg.eval.K) {
     throw new Error(`${nameOrFile}.sft.kStart: ${cfg.sft.kStart} must be an integer from 1 to eval.K = ${cfg.eval.K}`);
   }
+  if (!(cfg.sft.answerShare >= 0 && cfg.sft.answerShare < 1)) throw new Error(`${nameOrFile}.sft.answerShare: ${cfg.sft.answerShare} must be a number from 0 (none) to below 1`);
   if (!(cfg.sft.easyShare >= 0 && cfg.sft.easyShare <= 1)) throw new Error(`${nameOrFile}.sft.easyShare: ${cfg.sft.easyShare} must be a number from 0 to 1`);
   const tasks: unknown = cfg.sft.tasks;
   if (tasks !== null && !(Array.isArray(tasks) && tasks.length && tasks.every((t) => Number.isInteger(t) && t >= 0))) {
@@ -349,13 +352,15 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
   // SFT (and its ablations).
   const sft = async (label: string, dir: string, base: string, opts: { noIcm?: boolean; noInspect?: boolean }) => {
     if (existsSync(join(dir, 'final', 'sft.json'))) return log(`${label}: done (${join(dir, 'final')})`);
+    const { answerShare, ...sftSettings } = c.sft;
     await run(label, c.sft.steps, (p) =>
       runSftStage({
         base,
         out: dir,
         dataDir: c.data,
-        ...c.sft,
+        ...sftSettings,
         tasks: c.sft.tasks ?? undefined,
+        ...(answerShare > 0 ? { decisionShare: answerShare, decisionTokens: 'answer' as const } : {}),
         K: c.eval.K,
         seed: c.seed,
         ...opts,

@@ -25,8 +25,8 @@ describe('pipeline config', () => {
     expect(c.preset).toBe('small');
     expect(c.sft.steps).toBe(7);
     expect(c.sft.batch).toBe(PIPELINE_CONFIGS.small.sft.batch);
-    writeFileSync(f, JSON.stringify({ sft: { tasks: [4, 6] } }));
-    expect(loadPipelineConfig(f).sft.tasks).toEqual([4, 6]);
+    writeFileSync(f, JSON.stringify({ sft: { tasks: [4, 6], answerShare: 0.5 } }));
+    expect(loadPipelineConfig(f).sft).toMatchObject({ tasks: [4, 6], answerShare: 0.5 });
   });
 
   it('names the bad setting', () => {
@@ -39,6 +39,8 @@ describe('pipeline config', () => {
     expect(() => loadPipelineConfig(f)).toThrow(/retriever.batching: 'tasks' is not one of mixed, task/);
     writeFileSync(f, JSON.stringify({ sft: { traceStyle: 'terse' } }));
     expect(() => loadPipelineConfig(f)).toThrow(/sft.traceStyle: 'terse' is not one of full, brief/);
+    writeFileSync(f, JSON.stringify({ sft: { answerShare: 1 } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/sft.answerShare: 1 must be a number from 0 \(none\) to below 1/);
     writeFileSync(f, JSON.stringify({ sft: { tasks: [] } }));
     expect(() => loadPipelineConfig(f)).toThrow(/sft.tasks: \[\] must be null \(every task\) or a list of task ids/);
     writeFileSync(f, JSON.stringify({ sft: { tasks: [4, 6.5] } }));
@@ -58,7 +60,7 @@ describe('pipeline end to end', () => {
       retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'mean', batching: 'task' },
       firstStage: { perTask: 2 },
       align: { steps: 2, batch: 2, lr: 1e-3, centre: true },
-      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief', kStart: 2, easyShare: 0.5, tasks: null },
+      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief', kStart: 2, easyShare: 0.5, tasks: null, answerShare: 0.5 },
       grpo: { steps: 1, batch: 1, group: 2, lr: 1e-5, maxNewTokens: 12, fixedLambda: 0.5 },
       eval: { K: 4, limit: 2, maxNewTokens: 12 },
       ablations: false,
@@ -69,9 +71,9 @@ describe('pipeline end to end', () => {
     const s = stageDirs(runDir);
     for (const d of [s.pretrain, s.retriever, s.align, s.sft, s.grpo]) expect(existsSync(join(d, 'final', 'config.json')), d).toBe(true);
     expect(existsSync(join(s.firstStage, 'first-stage-recall.json'))).toBe(true);
-    // The config's switches reach the stages: the ICM centres, the SFT record keeps its curriculum.
+    // The config's switches reach the stages: the ICM centres, the SFT record keeps its curriculum and answer share.
     expect(JSON.parse(readFileSync(join(s.align, 'final', 'icm.json'), 'utf8')).centre).toBe(true);
-    expect(JSON.parse(readFileSync(join(s.sft, 'final', 'sft.json'), 'utf8'))).toMatchObject({ k_start: 2, easy_share: 0.5 });
+    expect(JSON.parse(readFileSync(join(s.sft, 'final', 'sft.json'), 'utf8'))).toMatchObject({ k_start: 2, easy_share: 0.5, decision_share: 0.5, decision_tokens: 'answer' });
     const table = JSON.parse(readFileSync(join(s.table, 'table.json'), 'utf8')) as { rows: { name: string; queries: number }[] };
     expect(table.rows.map((r) => r.name)).toEqual(['First stage alone', 'zero-shot reranking', 'SFT', 'SFT + GRPO (full)']);
     for (const r of table.rows) expect(r.queries).toBe(2);
