@@ -41,7 +41,7 @@ const { values: a, positionals } = parseArgs({
   },
 });
 const [ckpt, style] = positionals;
-if (!ckpt || !['answer', 'brief', 'open', 'nameless'].includes(style)) throw new Error('usage: answer-given-trace.ts <final/ with an ICM> <answer|brief|open|nameless> [--K 8] [--queries 150] [--split val|train] [--max-inspections 3]');
+if (!ckpt || !['answer', 'brief', 'open', 'nameless'].includes(style)) throw new Error('usage: answer-given-trace.ts <final/ with an ICM> <answer|brief|open|nameless> [--K 8] [--queries 150] [--split val|train] [--max-inspections 3] [--think TEXT] [--system-extra TEXT]');
 const K = Number(a.K);
 const n = Number(a.queries);
 const maxIns = Number(a['max-inspections']);
