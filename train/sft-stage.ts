@@ -7,7 +7,8 @@
 //   npx tsx train/sft-stage.ts --base <checkpoint> [--icm <align final>] --out runs/sft-tiny
 //     [--data data/emoji-mbeir] [--steps 300] [--batch 4] [--lr 1e-3] [--K 16]
 //     [--k-start 4] [--easy-share 0.5] [--tasks 4,6] [--decision-share 0.5]
-//     [--decision-tokens digits|answer] [--max-inspections 3] [--trace full|brief|open|nameless] [--save-every 25] [--seed 1] [--no-icm]
+//     [--decision-tokens digits|answer] [--max-inspections 3]
+//     [--trace full|brief|open|nameless] [--save-every 25] [--seed 1] [--no-icm]
 //     [--no-inspect] [--quiet]
 //
 // Choices:

@@ -432,7 +432,7 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
         const seqs = examples.map((ex, b) => sftSequence(model, ex, maxIns, o.compress && (() => hooks[b]), o.system));
         const { logits, T } = model.forward(seqs.map((s) => s.layout));
         const targets = new Int32Array(B * T).fill(-100);
-        const answer = decisionTokens === 'answer' ? new Uint8Array(B * T) : undefined;
+        const answer = share !== undefined && decisionTokens === 'answer' ? new Uint8Array(B * T) : undefined;
         seqs.forEach((s, b) => {
           targets.set(s.targets, b * T);
           answer?.set(answerTargets(s.layout.ids, s.targets, model.tokenizer.specialIds), b * T);
