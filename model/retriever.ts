@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import {
   type Tensor,
   addScalar,
+  clamp,
   concat,
   embedding,
   fromArray,
@@ -25,10 +26,13 @@ import {
   keep,
   linear,
   matmul,
+  max,
   mul,
+  mulScalar,
   randn,
   requireGrad,
   reshape,
+  slice,
   rsqrt,
   sum,
 } from '../runtime/index.ts';
@@ -52,13 +56,19 @@ export const DEFAULT_PROMPT: RetrieverPrompt = {
 };
 
 /**
- * How the sequence becomes one vector before the projection: `last` reads the final
- * hidden state of the prompt's last token (E5-V, LamRA); `mean` averages the final hidden
- * states over the content (the positions between the prompt's prefix and suffix, as E5
- * averages over the input): every content token then reaches the embedding directly,
- * which a small model trained from scratch learns to use much sooner than one position.
+ * How the sequence becomes one vector: `last` reads the final hidden state of the
+ * prompt's last token (E5-V, LamRA); `mean` averages the final hidden states over the
+ * content (the positions between the prompt's prefix and suffix, as E5 averages over the
+ * input): every content token then reaches the embedding directly, which a small model
+ * trained from scratch learns to use much sooner than one position. Both then go through
+ * the projection. `bag-max` projects every content position first, through a ReLU, and
+ * keeps each feature's maximum over the content (as SPLADE pools its term weights): the
+ * embedding is a bag of learned features, each one present or not, and it can be much
+ * wider than the hidden size, where a linear image of one D-wide mean has at most D
+ * dimensions. Word overlap between a query and a name (text -> text) needs that width.
  */
-export type Pooling = 'last' | 'mean';
+export type Pooling = 'last' | 'mean' | 'bag-max' | 'mean+bag-max';
+export const POOLINGS: readonly Pooling[] = ['last', 'mean', 'bag-max', 'mean+bag-max'];
 
 export interface RetrieverSettings {
   /** Embedding size after the projection. */
@@ -104,7 +114,8 @@ export class Retriever implements Embedder {
     }
     this.prompt = settings.prompt ?? DEFAULT_PROMPT;
     this.pooling = settings.pooling ?? 'last';
-    if (this.pooling !== 'last' && this.pooling !== 'mean') throw new RangeError(`retriever: pooling must be 'last' or 'mean', got '${String(this.pooling)}'`);
+    if (!POOLINGS.includes(this.pooling)) throw new RangeError(`retriever: pooling must be one of ${POOLINGS.join(', ')}, got '${String(this.pooling)}'`);
+    if (this.pooling === 'mean+bag-max' && this.embedDim % 2) throw new RangeError(`retriever: mean+bag-max pooling splits the embedding in two halves, so embedDim must be even, got ${this.embedDim}`);
     this.prefixIds = mllm.tokenizer.encode(this.prompt.prefix);
     this.suffixIds = mllm.tokenizer.encode(this.prompt.suffix);
     if (!this.suffixIds.length) throw new RangeError('retriever: the prompt suffix must not be empty (its last token is read)');
@@ -202,8 +213,8 @@ export class Retriever implements Embedder {
     return this.embedLayouts(inputs.map((x) => this.layout(x)));
   }
 
-  /** The pooled final hidden state of each sequence [B, D], before the projection (see Pooling). */
-  pooledHidden(layouts: readonly SequenceLayout[]): Tensor {
+  /** The final hidden states of the batch [B*T, D] (T the longest layout), right-padded. */
+  private hiddenStates(layouts: readonly SequenceLayout[]): { h: Tensor; T: number } {
     const B = layouts.length;
     const T = Math.max(...layouts.map((l) => l.length));
     const D = this.mllm.config.llm.hidden;
@@ -214,7 +225,6 @@ export class Retriever implements Embedder {
     // image row that replaces it.
     const rowMap = new Int32Array(B * T);
     for (let i = 0; i < rowMap.length; i++) rowMap[i] = i;
-    const lastIdx = new Int32Array(B);
     // Images grouped by grid size: each group runs through the vision encoder as one
     // batch (equal sizes need no block-diagonal mask over all patches of the batch).
     const groups = new Map<string, { pre: Preprocessed; at: number }[]>();
@@ -228,7 +238,6 @@ export class Retriever implements Embedder {
         const last = row[row.length - 1];
         for (let t = l.length; t < T; t++) positions[r * B * T + b * T + t] = last + 1 + (t - l.length);
       }
-      lastIdx[b] = b * T + l.length - 1;
       for (const p of l.pieces) {
         if (p.kind === 'embeds') throw new Error('retriever: embedding-row parts are not supported');
         if (p.kind !== 'image') continue;
@@ -265,20 +274,55 @@ export class Retriever implements Embedder {
       }
       x = indexSelect(concat(parts, 0), 0, fromArray(rowMap, [B * T], 'i32'));
     }
-    const h = reshape(this.mllm.llm.forwardEmbeds(reshape(x, [B, T, D]), fromArray(positions, [3, B, T], 'i32')), [B * T, D]);
-    if (this.pooling === 'last') return indexSelect(h, 0, fromArray(lastIdx, [B], 'i32'));
-    // Mean over each sequence's content span, as one matmul with an averaging matrix.
+    return { h: reshape(this.mllm.llm.forwardEmbeds(reshape(x, [B, T, D]), fromArray(positions, [3, B, T], 'i32')), [B * T, D]), T };
+  }
+
+  /** [from, to) of each layout's content (between the prompt's prefix and suffix). */
+  private contentSpan(l: SequenceLayout): [number, number] {
+    const from = this.prefixIds.length;
+    return [from, Math.max(from + 1, l.length - this.suffixIds.length)];
+  }
+
+  /** Mean over each sequence's content rows of x [B*T, F], as one matmul with an averaging matrix. */
+  private contentMean(layouts: readonly SequenceLayout[], T: number, x: Tensor): Tensor {
+    const B = layouts.length;
     const w = new Float32Array(B * B * T);
     layouts.forEach((l, b) => {
-      const from = this.prefixIds.length;
-      const to = Math.max(from + 1, l.length - this.suffixIds.length);
+      const [from, to] = this.contentSpan(l);
       w.fill(1 / (to - from), b * B * T + b * T + from, b * B * T + b * T + to);
     });
-    return matmul(fromArray(w, [B, B * T]), h);
+    return matmul(fromArray(w, [B, B * T]), x);
   }
 
   /** Unit-norm embeddings [B, E] of laid-out sequences. */
   embedLayouts(layouts: readonly SequenceLayout[]): Tensor {
-    return l2Normalize(linear(this.pooledHidden(layouts), this.proj));
+    const B = layouts.length;
+    const { h, T } = this.hiddenStates(layouts);
+    if (this.pooling === 'last') {
+      const lastIdx = Int32Array.from(layouts, (l, b) => b * T + l.length - 1);
+      return l2Normalize(linear(indexSelect(h, 0, fromArray(lastIdx, [B], 'i32')), this.proj));
+    }
+    if (this.pooling === 'mean') return l2Normalize(linear(this.contentMean(layouts, T, h), this.proj));
+    if (this.pooling === 'bag-max') return l2Normalize(this.bagMax(layouts, T, h, this.proj));
+    // mean+bag-max: the first half of the projection's rows for the mean, the second for
+    // the bag; each half unit-norm and scaled by 1/sqrt 2, so a cosine is the mean of the two.
+    const half = this.embedDim / 2;
+    const m = l2Normalize(linear(this.contentMean(layouts, T, h), slice(this.proj, 0, 0, half)));
+    const b = l2Normalize(this.bagMax(layouts, T, h, slice(this.proj, 0, half)));
+    return mulScalar(concat([m, b], 1), Math.SQRT1_2);
+  }
+
+  /** Each feature's maximum over the content of ReLU(h w^T), [B, F] for w [F, D]. */
+  private bagMax(layouts: readonly SequenceLayout[], T: number, h: Tensor, w: Tensor): Tensor {
+    const B = layouts.length;
+    const F = w.shape[0];
+    const f = clamp(linear(h, w), 0);
+    // Prompt and padding rows are zeroed, which never beats a ReLU output, so the maximum is the content's.
+    const m = new Float32Array(B * T);
+    layouts.forEach((l, b) => {
+      const [from, to] = this.contentSpan(l);
+      m.fill(1, b * T + from, b * T + to);
+    });
+    return max(mul(reshape(f, [B, T, F]), fromArray(m, [B, T, 1])), 1);
   }
 }

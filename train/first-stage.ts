@@ -5,14 +5,14 @@
 // train/pipeline.ts (data, pretrain, retriever, first-stage) with the settings below.
 //
 //   npm run first-stage -- [--preset tiny] [--run runs/first-stage-tiny] [--pretrain-steps 300]
-//                          [--retriever-steps 300] [--batch 16] [--pooling mean|last]
-//                          [--batching mixed|task]
+//                          [--retriever-steps 300] [--batch 16] [--pooling mean|last|bag-max]
+//                          [--embed-dim 64] [--keyword-share 0] [--batching mixed|task]
 //                          [--eval-per-task 0 (all)] [--seed 1] [--quiet]
 //
 // Every stage resumes from its checkpoint when interrupted, and is skipped when its
 // final output exists. The recall table goes to <run>/first-stage/first-stage-recall.json.
 import { parseArgs } from 'node:util';
-import type { Pooling } from '../model/retriever.ts';
+import { POOLINGS, type Pooling } from '../model/retriever.ts';
 import { getPreset } from '../model/presets.ts';
 import { PIPELINE_CONFIGS, type PipelineConfig, runPipeline } from './pipeline.ts';
 import { RETRIEVER_BATCHINGS, type RetrieverBatching } from './retriever.ts';
@@ -26,6 +26,8 @@ const { values: a } = parseArgs({
     'retriever-steps': { type: 'string', default: '300' },
     batch: { type: 'string', default: '16' },
     pooling: { type: 'string', default: 'mean' },
+    'embed-dim': { type: 'string', default: '64' },
+    'keyword-share': { type: 'string', default: '0' },
     batching: { type: 'string', default: 'mixed' },
     'eval-per-task': { type: 'string', default: '0' },
     seed: { type: 'string', default: '1' },
@@ -38,9 +40,11 @@ const num = (name: string, v: string | undefined, min = 0): number => {
   return n;
 };
 const preset = getPreset(a.preset!);
-if (a.pooling !== 'mean' && a.pooling !== 'last') throw new Error(`--pooling must be mean or last, got ${a.pooling}`);
+if (!POOLINGS.includes(a.pooling as Pooling)) throw new Error(`--pooling must be one of ${POOLINGS.join(', ')}, got ${a.pooling}`);
 if (!RETRIEVER_BATCHINGS.includes(a.batching as RetrieverBatching)) throw new Error(`--batching must be one of ${RETRIEVER_BATCHINGS.join(', ')}, got ${a.batching}`);
 const batch = num('batch', a.batch, 2);
+const share = Number(a['keyword-share']);
+if (!(share >= 0 && share < 1)) throw new Error(`--keyword-share must be a number from 0 (none) to below 1, got ${a['keyword-share']}`);
 const base = PIPELINE_CONFIGS[preset.name] ?? PIPELINE_CONFIGS.tiny;
 const config: PipelineConfig = {
   ...base,
@@ -48,7 +52,7 @@ const config: PipelineConfig = {
   data: a.data!,
   seed: num('seed', a.seed),
   pretrain: { steps: num('pretrain-steps', a['pretrain-steps'], 1), batch, lr: 3e-3 },
-  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching },
+  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching, embedDim: num('embed-dim', a['embed-dim'], 1), keywordShare: share },
   firstStage: { perTask: num('eval-per-task', a['eval-per-task']) },
 };
 await runPipeline({

@@ -22,7 +22,7 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { init } from '../runtime/index.ts';
-import { type Pooling, Retriever } from '../model/retriever.ts';
+import { POOLINGS, type Pooling, Retriever } from '../model/retriever.ts';
 import { getPreset } from '../model/presets.ts';
 import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from './data/emoji-benchmark.ts';
 import { ImageStore } from './data/inputs.ts';
@@ -32,7 +32,7 @@ import { evaluateFirstStage } from './eval/first-stage-eval.ts';
 import { formatRecallTable } from './eval/recall.ts';
 import { type TableRowSpec, type TableSpec, formatTerminalTable, runAblationTable } from './eval/table.ts';
 import { pretrain } from './pretrain.ts';
-import { type RetrieverBatching, RETRIEVER_BATCHINGS, benchmarkTripleSource, trainRetriever } from './retriever.ts';
+import { type RetrieverBatching, RETRIEVER_BATCHINGS, benchmarkTripleSource, trainRetriever, withKeywordPairs } from './retriever.ts';
 import { alignIcm } from './align.ts';
 import { runSftStage } from './sft-stage.ts';
 import { grpoTrain, loadGrpoData, loadGrpoModels } from './grpo.ts';
@@ -46,8 +46,14 @@ export interface PipelineConfig {
   data: string;
   seed: number;
   pretrain: { steps: number; batch: number; lr: number };
-  /** batching: 'mixed' (any task in a batch) or 'task' (one task per batch, tasks in turn). */
-  retriever: { steps: number; batch: number; lr: number; pooling: Pooling; batching: RetrieverBatching };
+  /**
+   * batching: 'mixed' (any task in a batch) or 'task' (one task per batch, tasks in turn).
+   * pooling: model/retriever.ts Pooling. embedDim: the embedding's width (the projection's
+   * rows; bag-max pooling gains from one much wider than the hidden size). keywordShare:
+   * the share of each batch given to keyword pairs of the training names
+   * (train/retriever.ts withKeywordPairs; 0 = none).
+   */
+  retriever: { steps: number; batch: number; lr: number; pooling: Pooling; batching: RetrieverBatching; embedDim: number; keywordShare: number };
   /** Test queries per task for the first-stage recall table (0 = all). */
   firstStage: { perTask: number };
   /** centre: the new ICM centres its rows over each list (model/icm.ts IcmConfig.centre). */
@@ -80,7 +86,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 300, batch: 16, lr: 3e-3 },
-    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed' },
+    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0 },
     firstStage: { perTask: 40 },
     align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
     sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16, easyShare: 0, tasks: null, answerShare: 0 },
@@ -95,7 +101,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 450, batch: 16, lr: 2e-3 },
-    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed' },
+    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0 },
     firstStage: { perTask: 0 },
     align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
     sft: { steps: 60, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 4, easyShare: 0.5, tasks: null, answerShare: 0 },
@@ -148,6 +154,9 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   if (!base) throw new Error(`${nameOrFile}: base '${name}' is not a config (${Object.keys(PIPELINE_CONFIGS).join(', ')})`);
   const cfg = merge(base as unknown as Record<string, unknown>, over, nameOrFile) as unknown as PipelineConfig;
   getPreset(cfg.preset);
+  if (!POOLINGS.includes(cfg.retriever.pooling)) throw new Error(`${nameOrFile}.retriever.pooling: '${cfg.retriever.pooling}' is not one of ${POOLINGS.join(', ')}`);
+  if (!Number.isInteger(cfg.retriever.embedDim) || cfg.retriever.embedDim < 1) throw new Error(`${nameOrFile}.retriever.embedDim: ${cfg.retriever.embedDim} must be a positive integer`);
+  if (!(cfg.retriever.keywordShare >= 0 && cfg.retriever.keywordShare < 1)) throw new Error(`${nameOrFile}.retriever.keywordShare: ${cfg.retriever.keywordShare} must be a number from 0 (none) to below 1`);
   if (!RETRIEVER_BATCHINGS.includes(cfg.retriever.batching)) throw new Error(`${nameOrFile}.retriever.batching: '${cfg.retriever.batching}' is not one of ${RETRIEVER_BATCHINGS.join(', ')}`);
   if (!TRACE_STYLES.includes(cfg.sft.traceStyle)) throw new Error(`${nameOrFile}.sft.traceStyle: '${cfg.sft.traceStyle}' is not one of ${TRACE_STYLES.join(', ')}`);
   if (!Number.isInteger(cfg.sft.kStart) || cfg.sft.kStart < 1 || cfg.sft.kStart > cfg.eval.K) {
@@ -288,8 +297,15 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
   // First-stage retriever.
   if (want.has('retriever') && !hasModel(s.retriever)) {
     const base = input(s.pretrain, 'the pre-trained base model', 'retriever');
+    let source = benchmarkTripleSource(bench.queries.train, byDid, images, c.seed, c.retriever.batching);
+    if (c.retriever.keywordShare > 0) {
+      const file = join(c.data, 'attributes.jsonl');
+      if (!existsSync(file)) throw new Error(`retriever.keywordShare ${c.retriever.keywordShare} needs the names' keywords in ${file}, which this benchmark lacks: set keywordShare to 0`);
+      const names = [...(await readSideTable<EmojiAttributes>(file, 'did')).values()].filter((x) => x.kind === 'name' && x.split === 'train');
+      source = withKeywordPairs(source, names, byDid, images, c.retriever.keywordShare, c.seed);
+    }
     await run('retriever', c.retriever.steps, async (p) => {
-      const { retriever } = await trainRetriever(() => Retriever.fromBase(base, 64, c.seed, undefined, c.retriever.pooling), benchmarkTripleSource(bench.queries.train, byDid, images, c.seed, c.retriever.batching), {
+      const { retriever } = await trainRetriever(() => Retriever.fromBase(base, c.retriever.embedDim, c.seed, undefined, c.retriever.pooling), source, {
         steps: c.retriever.steps,
         batchSize: c.retriever.batch,
         lr: c.retriever.lr,

@@ -48,6 +48,7 @@ import type { QueryInput } from '../model/sequence.ts';
 import { writeJsonAtomic } from './atomic-write.ts';
 import { type ImageStore, candidateInput, queryInput } from './data/inputs.ts';
 import type { MbeirCandidate, MbeirQuery } from './data/mbeir-types.ts';
+import { KEYWORD_TEMPLATES } from './data/emoji-benchmark.ts';
 
 /** One training example: a query, its positive, and optionally a hard negative. */
 export interface Triple {
@@ -391,6 +392,60 @@ function subsetIndex(pool: readonly PoolItem[], rows: Float32Array, rowOf: Reado
     emb.dispose();
   }
   return index;
+}
+
+/** What a keyword pair needs of a candidate: its id, keywords and subcategory (attributes.jsonl). */
+export interface KeywordPairName {
+  did: string;
+  keywords: readonly string[];
+  subcategory: string;
+}
+
+/**
+ * Mixes keyword pairs into a source: `share` of each batch is fresh text -> text triples,
+ * 1 to 3 of a training name's keywords (any of them, those that repeat a word of the name
+ * included) in a task-1 phrasing -> that name, with a name of the same subcategory as the
+ * hard negative. The benchmark's task-1 queries avoid every keyword that shares a word
+ * with the name, so on them alone a model can learn each name by heart; keyword pairs,
+ * new every step, reward matching the words a query and a name share. A step's batch is
+ * the same every time it is asked for (seeded by the step), as a resumed run needs.
+ */
+export function withKeywordPairs(source: TripleSource, names: readonly KeywordPairName[], byDid: ReadonlyMap<string, MbeirCandidate>, images: ImageStore, share: number, seed = 0): TripleSource {
+  if (!(share > 0 && share < 1)) throw new RangeError(`withKeywordPairs: share must be between 0 and 1 (exclusive), got ${share}`);
+  const usable = names.filter((n) => n.keywords.length && byDid.has(n.did));
+  if (usable.length < 2) throw new RangeError(`withKeywordPairs: ${usable.length} names with keywords in the pool (need at least 2)`);
+  const bySub = new Map<string, KeywordPairName[]>();
+  for (const n of usable) (bySub.get(n.subcategory) ?? bySub.set(n.subcategory, []).get(n.subcategory)!).push(n);
+  const input = (did: string) => candidateInput(byDid.get(did)!, images);
+  return {
+    async batch(step: number, size: number): Promise<Triple[]> {
+      const all = await source.batch(step, size);
+      const kept = size - Math.round(size * share);
+      const out = all.slice(0, kept);
+      // A name is not drawn twice, nor when the source's part of the batch has it already.
+      const taken = new Set(out.map((t) => t.positiveId));
+      let left = usable.filter((n) => !taken.has(n.did)).length;
+      const rng = new Rng(seed * 1000003 + step * 7919 + 17);
+      while (out.length < size && left > 0) {
+        const n = usable[rng.int(usable.length)];
+        if (taken.has(n.did)) continue;
+        taken.add(n.did);
+        left--;
+        const kws = [...n.keywords];
+        for (let i = kws.length - 1; i > 0; i--) {
+          const j = rng.int(i + 1);
+          [kws[i], kws[j]] = [kws[j], kws[i]];
+        }
+        const phrase = KEYWORD_TEMPLATES[rng.int(KEYWORD_TEMPLATES.length)](kws.slice(0, 1 + rng.int(3)));
+        const siblings = bySub.get(n.subcategory)!.filter((x) => x.did !== n.did);
+        const neg = siblings.length ? siblings[rng.int(siblings.length)] : undefined;
+        out.push({ query: { text: phrase }, positive: input(n.did), positiveId: n.did, ...(neg ? { negative: input(neg.did), negativeId: neg.did } : {}) });
+      }
+      // Too few names left to draw: the source's own triples fill the batch.
+      out.push(...all.slice(kept, kept + size - out.length));
+      return out;
+    },
+  };
 }
 
 export type RetrieverBatching = 'mixed' | 'task';

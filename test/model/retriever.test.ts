@@ -6,13 +6,15 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { fromArray, linear, noGrad, reshape, slice, tidy } from '../../runtime/index.ts';
+import { backward, crossEntropy, fromArray, linear, noGrad, reshape, slice, tidy } from '../../runtime/index.ts';
 import { type Preprocessed, preprocess } from '../../model/image.ts';
 import { Mllm, type MllmConfig } from '../../model/mllm.ts';
 import { PRESETS, withVocab } from '../../model/presets.ts';
 import { DEFAULT_PROMPT, Retriever, l2Normalize } from '../../model/retriever.ts';
 import { trainBpe } from '../../model/tokenizer.ts';
-import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankGroupsWithRetriever, rankWithRetriever, taskBatchedTripleSource, trainRetriever } from '../../train/retriever.ts';
+import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankGroupsWithRetriever, rankWithRetriever, taskBatchedTripleSource, trainRetriever, withKeywordPairs } from '../../train/retriever.ts';
+import { KEYWORD_TEMPLATES } from '../../train/data/emoji-benchmark.ts';
+import type { ImageStore } from '../../train/data/inputs.ts';
 import { computeRecall } from '../../train/eval/recall.ts';
 import { expectClose } from '../helpers.ts';
 
@@ -119,7 +121,99 @@ describe('retriever embeddings', () => {
     expectClose((await embedRows(back, inputs)).a, a, 1e-6, 1e-6, 'reloaded');
     back.dispose();
     r.dispose();
-    expect(() => Retriever.create(config, tok, E, 3, DEFAULT_PROMPT, 'max' as 'mean')).toThrow(/pooling must be 'last' or 'mean'/);
+    expect(() => Retriever.create(config, tok, E, 3, DEFAULT_PROMPT, 'max' as 'mean')).toThrow(/pooling must be one of last, mean, bag-max, mean\+bag-max, got 'max'/);
+  });
+
+  /** Final hidden states [L, D] of one input through the backbone's single-sequence path. */
+  const hiddenRows = async (r: Retriever, x: Parameters<Retriever['embed']>[0][number]) => {
+    const D = config.llm.hidden;
+    const l = r.layout(x);
+    const h = noGrad(() => tidy(() => reshape(r.mllm.llm.forwardEmbeds(reshape(r.mllm.embed(l), [1, l.length, D]), fromArray(l.positions, [3, 1, l.length], 'i32')), [l.length, D])));
+    const rows = (await h.toArray()) as Float32Array;
+    h.dispose();
+    return { rows, from: tok.encode(DEFAULT_PROMPT.prefix).length, to: l.length - tok.encode(DEFAULT_PROMPT.suffix).length };
+  };
+  const unit = (y: ArrayLike<number>) => {
+    const n = Math.hypot(...Array.from(y));
+    return Array.from(y, (v) => v / n);
+  };
+
+  it('bag-max pooling keeps each ReLU feature\'s maximum over the content positions, wider than the hidden size, batched or not', async () => {
+    const W = 3 * config.llm.hidden;
+    const D = config.llm.hidden;
+    const r = Retriever.create(config, tok, W, 4, DEFAULT_PROMPT, 'bag-max');
+    const inputs = [{ text: 'a red square' }, { image: picture(2), text: 'blue' }, { text: 'moon' }, { image: picture(1, 64) }];
+    const { a, shape } = await embedRows(r, inputs);
+    expect(shape).toEqual([inputs.length, W]);
+    const w = (await r.proj.toArray()) as Float32Array;
+    let zeros = 0;
+    for (let i = 0; i < inputs.length; i++) {
+      const { rows, from, to } = await hiddenRows(r, inputs[i]);
+      // Host reference in float64: project each content row, ReLU, maximum per feature.
+      const y = new Float64Array(W);
+      for (let t = from; t < to; t++) {
+        for (let e = 0; e < W; e++) {
+          let v = 0;
+          for (let c = 0; c < D; c++) v += rows[t * D + c] * w[e * D + c];
+          y[e] = Math.max(y[e], v);
+        }
+      }
+      zeros += y.filter((v) => v === 0).length;
+      expectClose(unit(y), a.subarray(i * W, (i + 1) * W), 2e-5, 1e-4, `bag-max input ${i}`);
+      const one = await embedRows(r, [inputs[i]]);
+      expectClose(one.a, a.subarray(i * W, (i + 1) * W), 2e-5, 1e-4, `bag-max input ${i} alone vs in the batch`);
+    }
+    // Some features are off for some inputs (the ReLU matters) but not most of them.
+    expect(zeros).toBeGreaterThan(0);
+    expect(zeros).toBeLessThan((inputs.length * W) / 2);
+    await r.save(join(dir, 'bag'));
+    const back = await Retriever.load(join(dir, 'bag'));
+    expect(back.pooling).toBe('bag-max');
+    expect(back.embedDim).toBe(W);
+    expectClose((await embedRows(back, inputs)).a, a, 1e-6, 1e-6, 'reloaded');
+    back.dispose();
+    r.dispose();
+  });
+
+  it('mean+bag-max pooling: the mean half and the bag half each unit-norm over sqrt 2, and the gradient reaches both halves of the projection', async () => {
+    const W = 2 * config.llm.hidden;
+    const D = config.llm.hidden;
+    const half = W / 2;
+    const r = Retriever.create(config, tok, W, 6, DEFAULT_PROMPT, 'mean+bag-max');
+    const inputs = [{ text: 'a green circle' }, { image: picture(3), text: 'cross' }];
+    const { a } = await embedRows(r, inputs);
+    const w = (await r.proj.toArray()) as Float32Array;
+    for (let i = 0; i < inputs.length; i++) {
+      const { rows, from, to } = await hiddenRows(r, inputs[i]);
+      const mean = new Float64Array(D);
+      for (let t = from; t < to; t++) for (let c = 0; c < D; c++) mean[c] += rows[t * D + c] / (to - from);
+      const m = Array.from({ length: half }, (_, e) => mean.reduce((acc, v, c) => acc + v * w[e * D + c], 0));
+      const bag = new Float64Array(half);
+      for (let t = from; t < to; t++) {
+        for (let e = 0; e < half; e++) {
+          let v = 0;
+          for (let c = 0; c < D; c++) v += rows[t * D + c] * w[(half + e) * D + c];
+          bag[e] = Math.max(bag[e], v);
+        }
+      }
+      const ref = [...unit(m), ...unit(bag)].map((v) => v * Math.SQRT1_2);
+      expectClose(ref, a.subarray(i * W, (i + 1) * W), 2e-5, 1e-4, `mean+bag-max input ${i}`);
+    }
+    // One InfoNCE step's gradient on the projection is non-zero in both halves.
+    const batch: Triple[] = [
+      { query: { text: 'sun' }, positive: { text: 'hot and bright' } },
+      { query: { text: 'snow' }, positive: { text: 'cold flakes' } },
+    ];
+    tidy(() => {
+      const { logits, targets } = contrastiveLogits(r, batch, fromArray([20], [1]));
+      backward(crossEntropy(logits, targets));
+    });
+    const gv = (await r.proj.grad!.toArray()) as Float32Array;
+    const norm = (from: number, to: number) => Math.hypot(...gv.subarray(from * D, to * D));
+    expect(norm(0, half)).toBeGreaterThan(1e-6);
+    expect(norm(half, W)).toBeGreaterThan(1e-6);
+    r.dispose();
+    expect(() => Retriever.create(config, tok, 33, 6, DEFAULT_PROMPT, 'mean+bag-max')).toThrow(/embedDim must be even, got 33/);
   });
 
   it('saves and loads a checkpoint, and starts from a base model checkpoint', async () => {
@@ -196,6 +290,53 @@ describe('retriever training', () => {
     expect(taskBatchedTripleSource(ts, tasks, 5).batch(5, 3)).toEqual(batches[5]);
     expect(() => taskBatchedTripleSource(ts, tasks.slice(1))).toThrow(/18 triples but 17 task ids/);
     expect(() => src.batch(0, 11)).toThrow(/no task has 11 triples/);
+  });
+
+  it('keyword pairs: their share of each batch, 1 to 3 of the name\'s keywords -> the name, a same-subcategory negative, the same batch for the same step', async () => {
+    const names = [
+      { did: 'n:sun', keywords: ['hot', 'bright', 'day'], subcategory: 'sky' },
+      { did: 'n:moon', keywords: ['night', 'pale'], subcategory: 'sky' },
+      { did: 'n:rain', keywords: ['wet', 'drops', 'cloud', 'grey'], subcategory: 'weather' },
+      { did: 'n:snow', keywords: ['cold', 'flakes'], subcategory: 'weather' },
+      { did: 'n:fog', keywords: ['grey'], subcategory: 'mist' },
+      { did: 'n:none', keywords: [], subcategory: 'sky' },
+    ];
+    const byDid = new Map(['sun', 'moon', 'rain', 'snow', 'fog', 'none'].map((w) => [`n:${w}`, { did: `n:${w}`, txt: w, img_path: null, modality: 'text' as const }]));
+    const images = {} as ImageStore; // text candidates never reach it
+    const base = arrayTripleSource(Array.from({ length: 12 }, (_, i) => ({ query: { text: `q${i}` }, positive: { text: `p${i}` }, positiveId: `t:${i}` })), 1);
+    const src = withKeywordPairs(base, names, byDid, images, 0.5, 3);
+    const seen = new Set<string>();
+    for (let step = 0; step < 6; step++) {
+      const b = await src.batch(step, 6);
+      expect(b).toHaveLength(6);
+      // The first half is the base source's own batch; the rest are keyword pairs.
+      expect(b.slice(0, 3)).toEqual((await base.batch(step, 6)).slice(0, 3));
+      for (const t of b.slice(3)) {
+        const n = names.find((x) => x.did === t.positiveId)!;
+        expect(n.keywords.length).toBeGreaterThan(0);
+        expect(t.positive).toEqual({ text: byDid.get(n.did)!.txt });
+        // The phrase is a task-1 template over 1 to 3 of the name's keywords, in the order written.
+        const used = n.keywords.filter((k) => t.query.text!.includes(k)).sort((x, y) => t.query.text!.indexOf(x) - t.query.text!.indexOf(y));
+        expect(used.length, t.query.text).toBeGreaterThanOrEqual(1);
+        expect(used.length, t.query.text).toBeLessThanOrEqual(3);
+        expect(KEYWORD_TEMPLATES.some((f) => f(used) === t.query.text), t.query.text).toBe(true);
+        if (t.negativeId) {
+          expect(t.negativeId).not.toBe(n.did);
+          expect(names.find((x) => x.did === t.negativeId)!.subcategory).toBe(n.subcategory);
+        } else expect(n.did).toBe('n:fog'); // alone in its subcategory
+        seen.add(t.query.text!);
+      }
+      expect(new Set(b.slice(3).map((t) => t.positiveId)).size).toBe(3);
+      expect(await src.batch(step, 6)).toEqual(b);
+    }
+    expect(seen.size).toBeGreaterThan(6); // fresh phrasings across steps
+    // Two names for three pair slots: both are drawn once, and the source fills the rest.
+    const two = await withKeywordPairs(base, names.slice(0, 2), byDid, images, 0.5, 3).batch(0, 6);
+    expect(two).toHaveLength(6);
+    expect(new Set(two.filter((t) => t.positiveId!.startsWith('n:')).map((t) => t.positiveId))).toEqual(new Set(['n:sun', 'n:moon']));
+    expect(two.filter((t) => t.positiveId!.startsWith('t:'))).toEqual((await base.batch(0, 6)).slice(0, 4));
+    expect(() => withKeywordPairs(base, names, byDid, images, 1)).toThrow(/share must be between 0 and 1/);
+    expect(() => withKeywordPairs(base, names.slice(4), byDid, images, 0.5)).toThrow(/1 names with keywords in the pool \(need at least 2\)/);
   });
 
   it('InfoNCE on a tiny synthetic task reaches in-batch accuracy 1 and Recall@1 far above random', async () => {

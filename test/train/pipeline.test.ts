@@ -37,6 +37,12 @@ describe('pipeline config', () => {
     expect(() => loadPipelineConfig(f)).toThrow(/grpo.steps: expected a number/);
     writeFileSync(f, JSON.stringify({ retriever: { batching: 'tasks' } }));
     expect(() => loadPipelineConfig(f)).toThrow(/retriever.batching: 'tasks' is not one of mixed, task/);
+    writeFileSync(f, JSON.stringify({ retriever: { pooling: 'max' } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/retriever.pooling: 'max' is not one of last, mean, bag-max, mean\+bag-max/);
+    writeFileSync(f, JSON.stringify({ retriever: { embedDim: 0 } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/retriever.embedDim: 0 must be a positive integer/);
+    writeFileSync(f, JSON.stringify({ retriever: { keywordShare: 1 } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/retriever.keywordShare: 1 must be a number from 0 \(none\) to below 1/);
     writeFileSync(f, JSON.stringify({ sft: { traceStyle: 'terse' } }));
     expect(() => loadPipelineConfig(f)).toThrow(/sft.traceStyle: 'terse' is not one of full, brief/);
     writeFileSync(f, JSON.stringify({ sft: { answerShare: 1 } }));
@@ -57,7 +63,7 @@ describe('pipeline end to end', () => {
       ...PIPELINE_CONFIGS.tiny,
       data: join(dir, 'data'),
       pretrain: { steps: 3, batch: 4, lr: 3e-3 },
-      retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'mean', batching: 'task' },
+      retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', batching: 'task', embedDim: 96, keywordShare: 0.25 },
       firstStage: { perTask: 2 },
       align: { steps: 2, batch: 2, lr: 1e-3, centre: true },
       sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief', kStart: 2, easyShare: 0.5, tasks: null, answerShare: 0.5 },
@@ -71,8 +77,9 @@ describe('pipeline end to end', () => {
     const s = stageDirs(runDir);
     for (const d of [s.pretrain, s.retriever, s.align, s.sft, s.grpo]) expect(existsSync(join(d, 'final', 'config.json')), d).toBe(true);
     expect(existsSync(join(s.firstStage, 'first-stage-recall.json'))).toBe(true);
-    // The config's switches reach the stages: the ICM centres, the SFT record keeps its curriculum and answer share.
+    // The config's switches reach the stages: the retriever's pooling and width, the ICM centres, the SFT record keeps its curriculum and answer share.
     expect(JSON.parse(readFileSync(join(s.align, 'final', 'icm.json'), 'utf8')).centre).toBe(true);
+    expect(JSON.parse(readFileSync(join(s.retriever, 'final', 'config.json'), 'utf8')).retriever).toMatchObject({ pooling: 'bag-max', embedDim: 96 });
     expect(JSON.parse(readFileSync(join(s.sft, 'final', 'sft.json'), 'utf8'))).toMatchObject({ k_start: 2, easy_share: 0.5, decision_share: 0.5, decision_tokens: 'answer' });
     const table = JSON.parse(readFileSync(join(s.table, 'table.json'), 'utf8')) as { rows: { name: string; queries: number }[] };
     expect(table.rows.map((r) => r.name)).toEqual(['First stage alone', 'zero-shot reranking', 'SFT', 'SFT + GRPO (full)']);

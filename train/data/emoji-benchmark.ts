@@ -390,15 +390,16 @@ function task1Keywords(e: Emoji, seed: number, posting: Map<string, Emoji[]>): {
 /** A task-1 query with more answers than this is too vague to keep. */
 export const TASK1_MAX_ANSWERS = 3;
 
+/** Task 1's phrasings of a keyword list (also the retriever's keyword pairs, train/retriever.ts). */
+export const KEYWORD_TEMPLATES: readonly ((kws: string[]) => string)[] = [
+  (kws) => `emoji for ${joinList(kws, 'and')}`,
+  (kws) => `an emoji about ${joinList(kws, 'and')}`,
+  (kws) => `something meaning ${joinList(kws, 'or')}`,
+  (kws) => kws.join(', '),
+];
+
 function keywordPhrase(e: Emoji, kws: string[], seed: number): string {
-  const rng = rngFor(seed, `t1:${e.unified}`);
-  const templates = [
-    () => `emoji for ${joinList(kws, 'and')}`,
-    () => `an emoji about ${joinList(kws, 'and')}`,
-    () => `something meaning ${joinList(kws, 'or')}`,
-    () => kws.join(', '),
-  ];
-  return rng.pick(templates)();
+  return rngFor(seed, `t1:${e.unified}`).pick(KEYWORD_TEMPLATES)(kws);
 }
 
 function modifierPhrase(v: Emoji, seed: number): string {

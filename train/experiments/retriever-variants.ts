@@ -3,22 +3,26 @@
 // test split, so the choice it informs is not tuned on test queries).
 //
 //   npx tsx train/experiments/retriever-variants.ts --base <pretrain final> [--steps 200]
-//     [--batch 32] [--lr 1e-3] [--variants mean/mixed,mean/task] [--out runs/retriever-variants]
+//     [--batch 32] [--lr 1e-3] [--variants mean/mixed,bag-max/mixed/512] [--out runs/retriever-variants]
+//     [--train-tasks 0,1,3,4,6] [--eval-tasks 0,1,3,4,6] [--keyword-share 0]
 //
-// A variant is <pooling>/<batching> (model/retriever.ts Pooling; train/retriever.ts
-// RetrieverBatching). Each trains into <out>/<pooling>-<batching>-<steps>x<batch>/ (resumable)
-// and writes its validation recall table there.
+// A variant is <pooling>/<batching>[/<embedding width, default 64>] (model/retriever.ts
+// Pooling; train/retriever.ts RetrieverBatching). Each trains into
+// <out>/<pooling>-<batching>[-<width>]-<steps>x<batch>/ (resumable) and writes its
+// validation recall table there. --train-tasks keeps only those tasks' training queries;
+// --eval-tasks those tasks' validation queries. --keyword-share gives that share of each
+// batch to keyword pairs of the training names (train/retriever.ts withKeywordPairs).
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { init } from '../../runtime/index.ts';
 import { Mllm } from '../../model/mllm.ts';
-import { type Pooling, Retriever } from '../../model/retriever.ts';
-import { loadBenchmark } from '../data/emoji-benchmark.ts';
+import { POOLINGS, type Pooling, Retriever } from '../../model/retriever.ts';
+import { type EmojiAttributes, loadBenchmark, readSideTable } from '../data/emoji-benchmark.ts';
 import { ImageStore } from '../data/inputs.ts';
 import { evaluateFirstStage } from '../eval/first-stage-eval.ts';
 import { formatRecallTable } from '../eval/recall.ts';
-import { RETRIEVER_BATCHINGS, type RetrieverBatching, benchmarkTripleSource, trainRetriever } from '../retriever.ts';
+import { RETRIEVER_BATCHINGS, type RetrieverBatching, benchmarkTripleSource, trainRetriever, withKeywordPairs } from '../retriever.ts';
 import { positiveFlags } from './flags.ts';
 
 const { values: a } = parseArgs({
@@ -30,17 +34,30 @@ const { values: a } = parseArgs({
     variants: { type: 'string', default: 'mean/mixed,mean/task' },
     data: { type: 'string', default: 'data/emoji-mbeir' },
     out: { type: 'string', default: 'runs/retriever-variants' },
+    'train-tasks': { type: 'string', default: '0,1,3,4,6' },
+    'eval-tasks': { type: 'string', default: '0,1,3,4,6' },
+    'keyword-share': { type: 'string', default: '0' },
   },
 });
 if (!a.base) throw new Error('--base <pre-trained checkpoint folder> is required');
 const { steps, batch, lr } = positiveFlags(a, ['steps', 'batch', 'lr']);
 const variants = a.variants!.split(',').map((v) => {
-  const [pooling, batching] = v.split('/');
-  if ((pooling !== 'mean' && pooling !== 'last') || !RETRIEVER_BATCHINGS.includes(batching as RetrieverBatching)) {
-    throw new Error(`--variants: '${v}' is not <mean|last>/<${RETRIEVER_BATCHINGS.join('|')}>`);
+  const [pooling, batching, width, ...rest] = v.split('/');
+  const embedDim = width === undefined ? 64 : Number(width);
+  if (!POOLINGS.includes(pooling as Pooling) || !RETRIEVER_BATCHINGS.includes(batching as RetrieverBatching) || !(Number.isInteger(embedDim) && embedDim > 0) || rest.length) {
+    throw new Error(`--variants: '${v}' is not <${POOLINGS.join('|')}>/<${RETRIEVER_BATCHINGS.join('|')}>[/<width>]`);
   }
-  return { pooling: pooling as Pooling, batching: batching as RetrieverBatching };
+  return { pooling: pooling as Pooling, batching: batching as RetrieverBatching, embedDim, name: `${pooling}-${batching}${width === undefined ? '' : `-${embedDim}`}` };
 });
+const taskList = (flag: 'train-tasks' | 'eval-tasks'): Set<number> => {
+  const ids = a[flag]!.split(',').map(Number);
+  if (!ids.length || ids.some((t) => !Number.isInteger(t) || t < 0)) throw new Error(`--${flag}: '${a[flag]}' is not a list of task ids such as 1,3`);
+  return new Set(ids);
+};
+const keywordShare = Number(a['keyword-share']);
+if (!(keywordShare >= 0 && keywordShare < 1)) throw new Error(`--keyword-share must be a number from 0 (none) to below 1, got ${a['keyword-share']}`);
+const trainTasks = taskList('train-tasks');
+const evalTasks = taskList('eval-tasks');
 
 const ctx = await init();
 console.log(`adapter: ${ctx.description}`);
@@ -50,16 +67,21 @@ base.dispose();
 const bench = await loadBenchmark(a.data!);
 const images = new ImageStore({ root: bench.imageRoot, patchSize: vision.patchSize, mergeSize: vision.mergeSize, size: imageSize });
 const byDid = new Map(bench.pool.map((c) => [c.did, c]));
-for (const { pooling, batching } of variants) {
-  const out = join(a.out!, `${pooling}-${batching}-${steps}x${batch}`);
+const names = [...(await readSideTable<EmojiAttributes>(join(a.data!, 'attributes.jsonl'), 'did')).values()].filter((x) => x.kind === 'name' && x.split === 'train');
+const trainQueries = bench.queries.train.filter((q) => trainTasks.has(q.task_id));
+// The evaluation reads the validation split; only the chosen tasks' queries stay in it.
+const evalBench = { ...bench, queries: { ...bench.queries, val: bench.queries.val.filter((q) => evalTasks.has(q.task_id)) } };
+for (const { pooling, batching, embedDim, name } of variants) {
+  const out = join(a.out!, `${name}${keywordShare ? `-kw${keywordShare}` : ''}-${steps}x${batch}`);
   mkdirSync(out, { recursive: true });
   const t0 = performance.now();
-  const source = benchmarkTripleSource(bench.queries.train, byDid, images, 1, batching);
-  const { retriever } = await trainRetriever(() => Retriever.fromBase(a.base!, 64, 1, undefined, pooling), source, {
+  let source = benchmarkTripleSource(trainQueries, byDid, images, 1, batching);
+  if (keywordShare) source = withKeywordPairs(source, names, byDid, images, keywordShare, 1);
+  const { retriever } = await trainRetriever(() => Retriever.fromBase(a.base!, embedDim, 1, undefined, pooling), source, {
     steps, batchSize: batch, lr, outDir: out, checkpointEvery: 50, resume: true, logEvery: 25,
   });
-  console.log(`${pooling}/${batching}: trained in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
-  const reports = await evaluateFirstStage({ bench, retriever, images, split: 'val', seed: 1, outDir: out, adapter: ctx.description, preset: preset ?? 'unknown' });
-  console.log(formatRecallTable(reports, `${pooling} pooling, ${batching} batches, validation split`));
+  console.log(`${name}: trained in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+  const reports = await evaluateFirstStage({ bench: evalBench, retriever, images, split: 'val', seed: 1, outDir: out, adapter: ctx.description, preset: preset ?? 'unknown' });
+  console.log(formatRecallTable(reports, `${pooling} pooling, ${batching} batches, width ${embedDim}, validation split`));
   retriever.dispose();
 }
