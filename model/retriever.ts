@@ -65,7 +65,11 @@ export const DEFAULT_PROMPT: RetrieverPrompt = {
  * keeps each feature's maximum over the content (as SPLADE pools its term weights): the
  * embedding is a bag of learned features, each one present or not, and it can be much
  * wider than the hidden size, where a linear image of one D-wide mean has at most D
- * dimensions. Word overlap between a query and a name (text -> text) needs that width.
+ * dimensions (trained on text -> text alone, only the bag matched character trigrams;
+ * README). But a maximum cannot take a feature away: a query image plus a modifier text
+ * keeps all of the image's features, so the unmodified image stays the best match.
+ * `mean+bag-max` puts both side by side: the first half of the embedding from the mean,
+ * the second from the bag.
  */
 export type Pooling = 'last' | 'mean' | 'bag-max' | 'mean+bag-max';
 export const POOLINGS: readonly Pooling[] = ['last', 'mean', 'bag-max', 'mean+bag-max'];

@@ -5,8 +5,9 @@
 // train/pipeline.ts (data, pretrain, retriever, first-stage) with the settings below.
 //
 //   npm run first-stage -- [--preset tiny] [--run runs/first-stage-tiny] [--pretrain-steps 300]
-//                          [--retriever-steps 300] [--batch 16] [--pooling mean|last|bag-max]
-//                          [--embed-dim 64] [--keyword-share 0] [--batching mixed|task]
+//                          [--retriever-steps 300] [--batch 16]
+//                          [--pooling mean|last|bag-max|mean+bag-max] [--embed-dim 64]
+//                          [--keyword-share 0] [--batching mixed|task]
 //                          [--eval-per-task 0 (all)] [--seed 1] [--quiet]
 //
 // Every stage resumes from its checkpoint when interrupted, and is skipped when its
