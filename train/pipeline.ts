@@ -32,7 +32,7 @@ import { evaluateFirstStage } from './eval/first-stage-eval.ts';
 import { formatRecallTable } from './eval/recall.ts';
 import { type TableRowSpec, type TableSpec, formatTerminalTable, runAblationTable } from './eval/table.ts';
 import { pretrain } from './pretrain.ts';
-import { type RetrieverBatching, RETRIEVER_BATCHINGS, benchmarkTripleSource, trainRetriever, withKeywordPairs } from './retriever.ts';
+import { type RetrieverBatching, RETRIEVER_BATCHINGS, benchmarkTripleSource, keywordPairNames, trainRetriever, withKeywordPairs } from './retriever.ts';
 import { alignIcm } from './align.ts';
 import { runSftStage } from './sft-stage.ts';
 import { grpoTrain, loadGrpoData, loadGrpoModels } from './grpo.ts';
@@ -298,12 +298,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
   if (want.has('retriever') && !hasModel(s.retriever)) {
     const base = input(s.pretrain, 'the pre-trained base model', 'retriever');
     let source = benchmarkTripleSource(bench.queries.train, byDid, images, c.seed, c.retriever.batching);
-    if (c.retriever.keywordShare > 0) {
-      const file = join(c.data, 'attributes.jsonl');
-      if (!existsSync(file)) throw new Error(`retriever.keywordShare ${c.retriever.keywordShare} needs the names' keywords in ${file}, which this benchmark lacks: set keywordShare to 0`);
-      const names = [...(await readSideTable<EmojiAttributes>(file, 'did')).values()].filter((x) => x.kind === 'name' && x.split === 'train');
-      source = withKeywordPairs(source, names, byDid, images, c.retriever.keywordShare, c.seed);
-    }
+    if (c.retriever.keywordShare > 0) source = withKeywordPairs(source, await keywordPairNames(c.data), byDid, images, c.retriever.keywordShare, c.seed);
     await run('retriever', c.retriever.steps, async (p) => {
       const { retriever } = await trainRetriever(() => Retriever.fromBase(base, c.retriever.embedDim, c.seed, undefined, c.retriever.pooling), source, {
         steps: c.retriever.steps,

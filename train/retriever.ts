@@ -48,7 +48,7 @@ import type { QueryInput } from '../model/sequence.ts';
 import { writeJsonAtomic } from './atomic-write.ts';
 import { type ImageStore, candidateInput, queryInput } from './data/inputs.ts';
 import type { MbeirCandidate, MbeirQuery } from './data/mbeir-types.ts';
-import { KEYWORD_TEMPLATES } from './data/emoji-benchmark.ts';
+import { type EmojiAttributes, KEYWORD_TEMPLATES, readSideTable } from './data/emoji-benchmark.ts';
 
 /** One training example: a query, its positive, and optionally a hard negative. */
 export interface Triple {
@@ -399,6 +399,13 @@ export interface KeywordPairName {
   did: string;
   keywords: readonly string[];
   subcategory: string;
+}
+
+/** The training names of a benchmark folder's attributes.jsonl, for withKeywordPairs. */
+export async function keywordPairNames(dataDir: string): Promise<KeywordPairName[]> {
+  const file = join(dataDir, 'attributes.jsonl');
+  if (!existsSync(file)) throw new Error(`keyword pairs need the names' keywords in ${file}, which this benchmark lacks: set the keyword share to 0`);
+  return [...(await readSideTable<EmojiAttributes>(file, 'did')).values()].filter((x) => x.kind === 'name' && x.split === 'train');
 }
 
 /**

@@ -12,7 +12,7 @@ import { Mllm, type MllmConfig } from '../../model/mllm.ts';
 import { PRESETS, withVocab } from '../../model/presets.ts';
 import { DEFAULT_PROMPT, Retriever, l2Normalize } from '../../model/retriever.ts';
 import { trainBpe } from '../../model/tokenizer.ts';
-import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankGroupsWithRetriever, rankWithRetriever, taskBatchedTripleSource, trainRetriever, withKeywordPairs } from '../../train/retriever.ts';
+import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankGroupsWithRetriever, rankWithRetriever, taskBatchedTripleSource, keywordPairNames, trainRetriever, withKeywordPairs } from '../../train/retriever.ts';
 import { KEYWORD_TEMPLATES } from '../../train/data/emoji-benchmark.ts';
 import type { ImageStore } from '../../train/data/inputs.ts';
 import { computeRecall } from '../../train/eval/recall.ts';
@@ -93,37 +93,6 @@ describe('retriever embeddings', () => {
     r.dispose();
   });
 
-  it('mean pooling averages the content positions of the single-sequence path, batched or not, and survives a checkpoint', async () => {
-    const r = Retriever.create(config, tok, E, 3, DEFAULT_PROMPT, 'mean');
-    const inputs = [{ text: 'a red square' }, { image: picture(2), text: 'blue' }, { text: 'moon' }, { image: picture(1, 64) }];
-    const { a } = await embedRows(r, inputs);
-    const D = config.llm.hidden;
-    const pre = tok.encode(DEFAULT_PROMPT.prefix).length;
-    const suf = tok.encode(DEFAULT_PROMPT.suffix).length;
-    for (let i = 0; i < inputs.length; i++) {
-      const l = r.layout(inputs[i]);
-      const h = noGrad(() => tidy(() => reshape(r.mllm.llm.forwardEmbeds(reshape(r.mllm.embed(l), [1, l.length, D]), fromArray(l.positions, [3, 1, l.length], 'i32')), [l.length, D])));
-      const rows = (await h.toArray()) as Float32Array;
-      h.dispose();
-      // Host mean over the content span, then the projection and normalisation on the host.
-      const mean = new Float64Array(D);
-      for (let t = pre; t < l.length - suf; t++) for (let c = 0; c < D; c++) mean[c] += rows[t * D + c] / (l.length - suf - pre);
-      const w = (await r.proj.toArray()) as Float32Array;
-      const y = Array.from({ length: E }, (_, e) => mean.reduce((acc, m, c) => acc + m * w[e * D + c], 0));
-      const n = Math.hypot(...y);
-      expectClose(y.map((v) => v / n), a.subarray(i * E, (i + 1) * E), 2e-5, 1e-4, `mean-pooled input ${i}`);
-      const one = await embedRows(r, [inputs[i]]);
-      expectClose(one.a, a.subarray(i * E, (i + 1) * E), 2e-5, 1e-4, `mean-pooled input ${i} alone vs in the batch`);
-    }
-    await r.save(join(dir, 'mean'));
-    const back = await Retriever.load(join(dir, 'mean'));
-    expect(back.pooling).toBe('mean');
-    expectClose((await embedRows(back, inputs)).a, a, 1e-6, 1e-6, 'reloaded');
-    back.dispose();
-    r.dispose();
-    expect(() => Retriever.create(config, tok, E, 3, DEFAULT_PROMPT, 'max' as 'mean')).toThrow(/pooling must be one of last, mean, bag-max, mean\+bag-max, got 'max'/);
-  });
-
   /** Final hidden states [L, D] of one input through the backbone's single-sequence path. */
   const hiddenRows = async (r: Retriever, x: Parameters<Retriever['embed']>[0][number]) => {
     const D = config.llm.hidden;
@@ -137,6 +106,31 @@ describe('retriever embeddings', () => {
     const n = Math.hypot(...Array.from(y));
     return Array.from(y, (v) => v / n);
   };
+
+  it('mean pooling averages the content positions of the single-sequence path, batched or not, and survives a checkpoint', async () => {
+    const r = Retriever.create(config, tok, E, 3, DEFAULT_PROMPT, 'mean');
+    const inputs = [{ text: 'a red square' }, { image: picture(2), text: 'blue' }, { text: 'moon' }, { image: picture(1, 64) }];
+    const { a } = await embedRows(r, inputs);
+    const D = config.llm.hidden;
+    for (let i = 0; i < inputs.length; i++) {
+      const { rows, from, to } = await hiddenRows(r, inputs[i]);
+      // Host mean over the content span, then the projection and normalisation on the host.
+      const mean = new Float64Array(D);
+      for (let t = from; t < to; t++) for (let c = 0; c < D; c++) mean[c] += rows[t * D + c] / (to - from);
+      const w = (await r.proj.toArray()) as Float32Array;
+      const y = Array.from({ length: E }, (_, e) => mean.reduce((acc, m, c) => acc + m * w[e * D + c], 0));
+      expectClose(unit(y), a.subarray(i * E, (i + 1) * E), 2e-5, 1e-4, `mean-pooled input ${i}`);
+      const one = await embedRows(r, [inputs[i]]);
+      expectClose(one.a, a.subarray(i * E, (i + 1) * E), 2e-5, 1e-4, `mean-pooled input ${i} alone vs in the batch`);
+    }
+    await r.save(join(dir, 'mean'));
+    const back = await Retriever.load(join(dir, 'mean'));
+    expect(back.pooling).toBe('mean');
+    expectClose((await embedRows(back, inputs)).a, a, 1e-6, 1e-6, 'reloaded');
+    back.dispose();
+    r.dispose();
+    expect(() => Retriever.create(config, tok, E, 3, DEFAULT_PROMPT, 'max' as 'mean')).toThrow(/pooling must be one of last, mean, bag-max, mean\+bag-max, got 'max'/);
+  });
 
   it('bag-max pooling keeps each ReLU feature\'s maximum over the content positions, wider than the hidden size, batched or not', async () => {
     const W = 3 * config.llm.hidden;
@@ -336,6 +330,7 @@ describe('retriever training', () => {
     expect(new Set(two.filter((t) => t.positiveId!.startsWith('n:')).map((t) => t.positiveId))).toEqual(new Set(['n:sun', 'n:moon']));
     expect(two.filter((t) => t.positiveId!.startsWith('t:'))).toEqual((await base.batch(0, 6)).slice(0, 4));
     expect(() => withKeywordPairs(base, names, byDid, images, 1)).toThrow(/share must be between 0 and 1/);
+    await expect(keywordPairNames(dir)).rejects.toThrow(/keyword pairs need the names' keywords in .*attributes\.jsonl, which this benchmark lacks/);
     expect(() => withKeywordPairs(base, names.slice(4), byDid, images, 0.5)).toThrow(/1 names with keywords in the pool \(need at least 2\)/);
   });
 

@@ -18,11 +18,11 @@ import { parseArgs } from 'node:util';
 import { init } from '../../runtime/index.ts';
 import { Mllm } from '../../model/mllm.ts';
 import { POOLINGS, type Pooling, Retriever } from '../../model/retriever.ts';
-import { type EmojiAttributes, loadBenchmark, readSideTable } from '../data/emoji-benchmark.ts';
+import { loadBenchmark } from '../data/emoji-benchmark.ts';
 import { ImageStore } from '../data/inputs.ts';
 import { evaluateFirstStage } from '../eval/first-stage-eval.ts';
 import { formatRecallTable } from '../eval/recall.ts';
-import { RETRIEVER_BATCHINGS, type RetrieverBatching, benchmarkTripleSource, trainRetriever, withKeywordPairs } from '../retriever.ts';
+import { RETRIEVER_BATCHINGS, type RetrieverBatching, benchmarkTripleSource, keywordPairNames, trainRetriever, withKeywordPairs } from '../retriever.ts';
 import { positiveFlags } from './flags.ts';
 
 const { values: a } = parseArgs({
@@ -67,7 +67,6 @@ base.dispose();
 const bench = await loadBenchmark(a.data!);
 const images = new ImageStore({ root: bench.imageRoot, patchSize: vision.patchSize, mergeSize: vision.mergeSize, size: imageSize });
 const byDid = new Map(bench.pool.map((c) => [c.did, c]));
-const names = [...(await readSideTable<EmojiAttributes>(join(a.data!, 'attributes.jsonl'), 'did')).values()].filter((x) => x.kind === 'name' && x.split === 'train');
 const trainQueries = bench.queries.train.filter((q) => trainTasks.has(q.task_id));
 // The evaluation reads the validation split; only the chosen tasks' queries stay in it.
 const evalBench = { ...bench, queries: { ...bench.queries, val: bench.queries.val.filter((q) => evalTasks.has(q.task_id)) } };
@@ -76,7 +75,7 @@ for (const { pooling, batching, embedDim, name } of variants) {
   mkdirSync(out, { recursive: true });
   const t0 = performance.now();
   let source = benchmarkTripleSource(trainQueries, byDid, images, 1, batching);
-  if (keywordShare) source = withKeywordPairs(source, names, byDid, images, keywordShare, 1);
+  if (keywordShare) source = withKeywordPairs(source, await keywordPairNames(a.data!), byDid, images, keywordShare, 1);
   const { retriever } = await trainRetriever(() => Retriever.fromBase(a.base!, embedDim, 1, undefined, pooling), source, {
     steps, batchSize: batch, lr, outDir: out, checkpointEvery: 50, resume: true, logEvery: 25,
   });
