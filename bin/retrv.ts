@@ -26,6 +26,12 @@ const int = (name: string, min = 1) => (v: string) => {
   return n;
 };
 
+const taskList = (v: string) => {
+  const ids = v.split(',').map((t) => Number(t.trim()));
+  if (!ids.length || ids.some((t) => !Number.isInteger(t) || t < 0 || !v.trim())) throw new InvalidArgumentError(`--tasks must be task ids separated by commas (e.g. 4,6), got '${v}'`);
+  return ids;
+};
+
 const program = new Command();
 program
   .name('retrv')
@@ -89,9 +95,10 @@ program
   .option('--retriever <dir>', 'first-stage retriever checkpoint (default: the retriever of the same run)')
   .option('--k <n>', 'candidates reranked per query', int('--k'), 16)
   .option('--limit <n>', 'evaluate this many queries (spread over the tasks)', int('--limit'))
+  .option('--tasks <ids>', 'only the queries of these task ids, e.g. 4,6', taskList)
   .option('--no-icm', 'full tokens for every candidate')
   .option('--no-inspect', 'no details inspection')
-  .action(async (o: { queries: string; pool: string; imageRoot: string; ckpt: string; out: string; retriever?: string; k: number; limit?: number; icm: boolean; inspect: boolean }) => {
+  .action(async (o: { queries: string; pool: string; imageRoot: string; ckpt: string; out: string; retriever?: string; k: number; limit?: number; tasks?: number[]; icm: boolean; inspect: boolean }) => {
     for (const [flag, path] of [['--queries', o.queries], ['--pool', o.pool], ['--image-root', o.imageRoot]] as const) {
       if (!existsSync(path)) throw new UserError(`${flag} ${path}: no such file or folder`);
     }
@@ -110,6 +117,7 @@ program
       retriever,
       K: o.k,
       limit: o.limit,
+      tasks: o.tasks,
       noIcm: !o.icm,
       noInspect: !o.inspect,
       out: o.out,

@@ -28,6 +28,7 @@ import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable
 import { ImageStore } from './data/inputs.ts';
 import { TRACE_STYLES, type TraceStyle } from './data/cot.ts';
 import { writeJsonAtomic } from './atomic-write.ts';
+import { queriesOfTasks } from './eval/evaluate.ts';
 import { evaluateFirstStage } from './eval/first-stage-eval.ts';
 import { formatRecallTable } from './eval/recall.ts';
 import { type TableRowSpec, type TableSpec, formatTerminalTable, runAblationTable } from './eval/table.ts';
@@ -59,7 +60,16 @@ export interface PipelineConfig {
   /** centre: the new ICM centres its rows over each list (model/icm.ts IcmConfig.centre). */
   align: { steps: number; batch: number; lr: number; centre: boolean };
   /**
-   * traceStyle: the synthetic traces' wording (train/data/cot.ts: full, brief, open or nameless). kStart:
+   * The pointing warm-up: answer-only SFT phases (trace style 'answer', no inspection), each
+   * starting from the one before, between alignment and SFT; SFT then starts from the last
+   * phase (the ICM ablation runs its own phases, on full candidate tokens). Empty: SFT
+   * starts from the aligned model. Why: the 2-layer model learns to point at the match
+   * only with nothing between the prompt and the answer, and only from short lists of
+   * random negatives first (README, "the SFT table").
+   */
+  pointing: PointingPhase[];
+  /**
+   * traceStyle: the synthetic traces' wording (train/data/cot.ts: full, brief, open, nameless or answer). kStart:
    * the K curriculum's first list length (train/sft.ts curriculumK; eval.K = none).
    * easyShare: the share of the steps, from the start, whose lists take random negatives
    * instead of hard ones (train/sft.ts randomNegativeSteps; 0 = none). tasks: train on these
@@ -71,13 +81,23 @@ export interface PipelineConfig {
   grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number };
   /**
    * Reranking evaluation: candidates per query, test queries (spread over the tasks), and
-   * the generation budget. A synthetic trace at K = 16 is about 640 tokens in the full
+   * the generation budget; tasks: test queries of these task ids only (null = every task). A synthetic trace at K = 16 is about 640 tokens in the full
    * style and 160 (at most about 300) in the brief one with the tiny tokenizer, so
    * maxNewTokens (here and for GRPO) must leave room to reach <answer>.
    */
-  eval: { K: number; limit: number; maxNewTokens: number };
+  eval: { K: number; limit: number; maxNewTokens: number; tasks: number[] | null };
   /** Train and evaluate the ablation rows too. */
   ablations: boolean;
+}
+
+/** One answer-only phase: lists of K candidates, random negatives for the first easyShare of its steps. */
+export interface PointingPhase {
+  steps: number;
+  batch: number;
+  lr: number;
+  K: number;
+  easyShare: number;
+  tasks: number[] | null;
 }
 
 export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
@@ -89,9 +109,10 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0 },
     firstStage: { perTask: 40 },
     align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
+    pointing: [],
     sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16, easyShare: 0, tasks: null, answerShare: 0 },
     grpo: { steps: 4, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 384, fixedLambda: 0.5 },
-    eval: { K: 16, limit: 12, maxNewTokens: 384 },
+    eval: { K: 16, limit: 12, maxNewTokens: 384, tasks: null },
     ablations: false,
   },
   small: {
@@ -104,14 +125,15 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0 },
     firstStage: { perTask: 0 },
     align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
+    pointing: [],
     sft: { steps: 60, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 4, easyShare: 0.5, tasks: null, answerShare: 0 },
     grpo: { steps: 4, batch: 2, group: 4, lr: 2e-5, maxNewTokens: 384, fixedLambda: 0.5 },
-    eval: { K: 16, limit: 30, maxNewTokens: 384 },
+    eval: { K: 16, limit: 30, maxNewTokens: 384, tasks: null },
     ablations: false,
   },
 };
 
-export const STAGES = ['data', 'pretrain', 'retriever', 'first-stage', 'align', 'sft', 'grpo', 'ablations', 'table', 'report'] as const;
+export const STAGES = ['data', 'pretrain', 'retriever', 'first-stage', 'align', 'pointing', 'sft', 'grpo', 'ablations', 'table', 'report'] as const;
 export type StageName = (typeof STAGES)[number];
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -132,6 +154,25 @@ function merge(base: Record<string, unknown>, over: Record<string, unknown>, whe
     }
   }
   return out;
+}
+
+function checkTasks(tasks: unknown, where: string): void {
+  if (tasks !== null && !(Array.isArray(tasks) && tasks.length && tasks.every((t) => Number.isInteger(t) && t >= 0))) {
+    throw new Error(`${where}: ${JSON.stringify(tasks)} must be null (every task) or a list of task ids such as [4, 6]`);
+  }
+}
+
+const POINTING_KEYS = ['steps', 'batch', 'lr', 'K', 'easyShare', 'tasks'];
+
+function checkPointingPhase(ph: unknown, where: string, evalK: number): void {
+  if (!isObject(ph)) throw new Error(`${where}: expected an object with ${POINTING_KEYS.join(', ')}`);
+  for (const k of Object.keys(ph)) if (!POINTING_KEYS.includes(k)) throw new Error(`${where}: unknown setting '${k}' (known: ${POINTING_KEYS.join(', ')})`);
+  for (const k of POINTING_KEYS) if (!(k in ph)) throw new Error(`${where}: '${k}' is missing (a phase sets all of ${POINTING_KEYS.join(', ')})`);
+  for (const k of ['steps', 'batch']) if (!Number.isInteger(ph[k]) || (ph[k] as number) < 1) throw new Error(`${where}.${k}: ${JSON.stringify(ph[k])} must be a positive integer`);
+  if (!(typeof ph.lr === 'number' && ph.lr > 0)) throw new Error(`${where}.lr: ${JSON.stringify(ph.lr)} must be a positive number`);
+  if (!Number.isInteger(ph.K) || (ph.K as number) < 2 || (ph.K as number) > evalK) throw new Error(`${where}.K: ${JSON.stringify(ph.K)} must be an integer from 2 to eval.K = ${evalK}`);
+  if (!(typeof ph.easyShare === 'number' && ph.easyShare >= 0 && ph.easyShare <= 1)) throw new Error(`${where}.easyShare: ${JSON.stringify(ph.easyShare)} must be a number from 0 to 1`);
+  checkTasks(ph.tasks, `${where}.tasks`);
 }
 
 /**
@@ -164,10 +205,10 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   }
   if (!(cfg.sft.answerShare >= 0 && cfg.sft.answerShare < 1)) throw new Error(`${nameOrFile}.sft.answerShare: ${cfg.sft.answerShare} must be a number from 0 (none) to below 1`);
   if (!(cfg.sft.easyShare >= 0 && cfg.sft.easyShare <= 1)) throw new Error(`${nameOrFile}.sft.easyShare: ${cfg.sft.easyShare} must be a number from 0 to 1`);
-  const tasks: unknown = cfg.sft.tasks;
-  if (tasks !== null && !(Array.isArray(tasks) && tasks.length && tasks.every((t) => Number.isInteger(t) && t >= 0))) {
-    throw new Error(`${nameOrFile}.sft.tasks: ${JSON.stringify(tasks)} must be null (every task) or a list of task ids such as [4, 6]`);
-  }
+  checkTasks(cfg.sft.tasks, `${nameOrFile}.sft.tasks`);
+  checkTasks(cfg.eval.tasks, `${nameOrFile}.eval.tasks`);
+  if (!Array.isArray(cfg.pointing)) throw new Error(`${nameOrFile}.pointing: expected a list of phases ([] for none)`);
+  cfg.pointing.forEach((ph, i) => checkPointingPhase(ph, `${nameOrFile}.pointing[${i}]`, cfg.eval.K));
   return cfg;
 }
 
@@ -193,6 +234,8 @@ export function stageDirs(runDir: string) {
     retriever: d('retriever'),
     firstStage: d('first-stage'),
     align: d('align'),
+    pointing: d('pointing'),
+    pointingNoIcm: d('pointing-no-icm'),
     sft: d('sft'),
     grpo: d('grpo'),
     sftNoIcm: d('sft-no-icm'),
@@ -360,32 +403,49 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
     });
   } else if (want.has('align')) log(`align: done (${join(s.align, 'final')})`);
 
-  // SFT (and its ablations).
-  const sft = async (label: string, dir: string, base: string, opts: { noIcm?: boolean; noInspect?: boolean }) => {
+  // SFT (and its ablations), and the answer-only phases of the pointing warm-up.
+  type SftRun = { steps: number; batch: number; lr: number; traceStyle: TraceStyle; K: number; kStart: number; easyShare: number; tasks: number[] | null; answerShare: number };
+  const sftRun = async (label: string, dir: string, base: string, r: SftRun, opts: { noIcm?: boolean; noInspect?: boolean }) => {
     if (existsSync(join(dir, 'final', 'sft.json'))) return log(`${label}: done (${join(dir, 'final')})`);
-    const { answerShare, ...sftSettings } = c.sft;
-    await run(label, c.sft.steps, (p) =>
+    const { answerShare, tasks, ...settings } = r;
+    await run(label, r.steps, (p) =>
       runSftStage({
         base,
         out: dir,
         dataDir: c.data,
-        ...sftSettings,
-        tasks: c.sft.tasks ?? undefined,
+        ...settings,
+        tasks: tasks ?? undefined,
         ...(answerShare > 0 ? { decisionShare: answerShare, decisionTokens: 'answer' as const } : {}),
-        K: c.eval.K,
         seed: c.seed,
         ...opts,
         log: via(p),
-        onStep: (x) => p.update(x.step + 1, { loss: x.loss, 'tok/s': x.tokensPerSecond, N_ins: x.inspections / c.sft.batch }),
+        onStep: (x) => p.update(x.step + 1, { loss: x.loss, 'tok/s': x.tokensPerSecond, N_ins: x.inspections / r.batch }),
       }),
     );
   };
+  const sft = (label: string, dir: string, base: string, opts: { noIcm?: boolean; noInspect?: boolean }) => sftRun(label, dir, base, { ...c.sft, K: c.eval.K }, opts);
+  // The phases run in <dir>/phase-<n>, each from the one before; returns the last final.
+  const phaseDir = (dir: string, i: number) => join(dir, `phase-${i + 1}`);
+  const pointing = async (label: string, dir: string, base: string, opts: { noIcm?: boolean }) => {
+    let from = base;
+    for (const [i, ph] of c.pointing.entries()) {
+      const run = { ...ph, traceStyle: 'answer' as const, kStart: ph.K, answerShare: 0 };
+      await sftRun(`${label} ${i + 1}/${c.pointing.length}`, phaseDir(dir, i), from, run, { ...opts, noInspect: true });
+      from = join(phaseDir(dir, i), 'final');
+    }
+    return from;
+  };
+  // Where SFT starts: the last pointing phase when there is a warm-up, else alignment (or
+  // pre-training, for the ICM ablation).
+  const pointed = (dir: string, fallback: string) => (c.pointing.length ? phaseDir(dir, c.pointing.length - 1) : fallback);
   // GRPO (and its ablations).
   const grpo = async (label: string, dir: string, from: string, opts: { fixedLambda?: number; maxInspections?: number }) => {
     if (hasModel(dir)) return log(`${label}: done (${join(dir, 'final')})`);
     const models = await loadGrpoModels(from);
     try {
-      const data = await loadGrpoData(c.data, models.model);
+      // GRPO trains on the tasks SFT trained on.
+      const all = await loadGrpoData(c.data, models.model);
+      const data = c.sft.tasks ? { ...all, queries: queriesOfTasks(all.queries, c.sft.tasks, `${c.data} train split`) } : all;
       await run(label, c.grpo.steps, (p) =>
         grpoTrain({
           ...models,
@@ -411,11 +471,13 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
       models.referenceIcm?.dispose();
     }
   };
-  if (want.has('sft')) await sft('sft', s.sft, input(s.align, 'the aligned model and ICM', 'sft'), {});
+  if (want.has('pointing') && c.pointing.length) await pointing('pointing', s.pointing, input(s.align, 'the aligned model and ICM', 'pointing'), {});
+  if (want.has('sft')) await sft('sft', s.sft, input(pointed(s.pointing, s.align), c.pointing.length ? 'the last pointing phase' : 'the aligned model and ICM', 'sft'), {});
   if (want.has('grpo')) await grpo('grpo', s.grpo, input(s.sft, 'the SFT model', 'grpo'), {});
   if (want.has('ablations') && c.ablations) {
-    await sft('sft without ICM', s.sftNoIcm, need(s.pretrain, 'the pre-trained base model', 'ablations'), { noIcm: true });
-    await sft('sft without inspection', s.sftNoInspect, need(s.align, 'the aligned model and ICM', 'ablations'), { noInspect: true });
+    if (c.pointing.length) await pointing('pointing without ICM', s.pointingNoIcm, need(s.pretrain, 'the pre-trained base model', 'ablations'), { noIcm: true });
+    await sft('sft without ICM', s.sftNoIcm, need(pointed(s.pointingNoIcm, s.pretrain), 'the pre-trained base model (or its pointing phases)', 'ablations'), { noIcm: true });
+    await sft('sft without inspection', s.sftNoInspect, need(pointed(s.pointing, s.align), 'the aligned model and ICM (or the pointing phases)', 'ablations'), { noInspect: true });
     await grpo('grpo without ICM', s.grpoNoIcm, need(s.sftNoIcm, 'the SFT model without ICM', 'ablations'), {});
     await grpo('grpo without inspection', s.grpoNoInspect, need(s.sftNoInspect, 'the SFT model without inspection', 'ablations'), { maxInspections: 0 });
     await grpo('grpo, fixed lambda', s.grpoFixed, need(s.sft, 'the SFT model', 'ablations'), { fixedLambda: c.grpo.fixedLambda });
@@ -432,6 +494,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         K: c.eval.K,
         limit: c.eval.limit,
         maxNewTokens: c.eval.maxNewTokens,
+        ...(c.eval.tasks ? { tasks: c.eval.tasks } : {}),
       },
       rows: tableRows(o.runDir, c.ablations),
     };
@@ -446,7 +509,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
       p.update(spec.rows.length + 1);
       return r;
     });
-    log(formatTerminalTable(result.rows, `reranking, test split, ${c.eval.limit} queries, K = ${c.eval.K} (${ctx.description})`));
+    log(formatTerminalTable(result.rows, `reranking, test split${c.eval.tasks ? ` (tasks ${c.eval.tasks.join(', ')})` : ''}, ${c.eval.limit} queries, K = ${c.eval.K} (${ctx.description})`));
   }
 
   if (want.has('report')) {

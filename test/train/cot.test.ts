@@ -233,6 +233,15 @@ describe('synthetic chains of thought', () => {
     expect(() => synthesizeTrace(train[0], qattrs.get(train[0].qid)!, makeTrace(train[0]).cands, attrs, emojis, { seed: 1, style: 'terse' as TraceStyle })).toThrow(/unknown style 'terse'/);
   });
 
+  it('the answer style is the answer alone, the same answer and hard negatives as a traced one', () => {
+    for (const q of train.slice(0, 100)) {
+      const a = makeTrace(q).trace;
+      const b = makeTrace(q, 0, 3, 'answer').trace;
+      expect(b.text).toBe(`<think></think><answer>${a.answer}</answer>`);
+      expect({ answer: b.answer, hard: b.hard, inspections: b.inspections, sentences: b.sentences }).toEqual({ answer: a.answer, hard: a.hard, inspections: [], sentences: [] });
+    }
+  });
+
   it('candidate lists: first-stage top-K with the positive ensured, or positives + hard negatives + same-split fillers', () => {
     const q = train.find((x) => x.neg_cand_list.length >= 2)!;
     const pool = bench.taskPools.get(q.task_id)!;

@@ -18,7 +18,7 @@ import { ImageStore, candidateInput, queryInput } from '../../train/data/inputs.
 import type { MbeirQuery } from '../../train/data/mbeir-types.ts';
 import { computeRecall } from '../../train/eval/recall.ts';
 import { rerankedOrder } from '../../train/eval/rerank.ts';
-import { evaluateCheckpoint, loadEvalData, spreadLimit } from '../../train/eval/evaluate.ts';
+import { evaluateCheckpoint, loadEvalData, queriesOfTasks, spreadLimit } from '../../train/eval/evaluate.ts';
 import { firstStageRow, formatMarkdownTable, formatTerminalTable, parseTableSpec, runAblationTable } from '../../train/eval/table.ts';
 import { type SftExample, sftTrain } from '../../train/sft.ts';
 
@@ -130,6 +130,9 @@ describe('evaluateCheckpoint', () => {
     const data = await loadEvalData({ queries: queriesFile, pool: join(dataDir, 'pool.jsonl'), imageRoot });
     const queries = spreadLimit(data.queries, 3);
     expect(queries.map((q) => q.task_id).sort()).toEqual([1, 1, 6]); // round robin over the tasks
+    // A task filter applies before the limit, and a filter that keeps nothing names the file.
+    expect(spreadLimit(queriesOfTasks(data.queries, [6], queriesFile), 3).every((q) => q.task_id === 6)).toBe(true);
+    expect(() => queriesOfTasks(data.queries, [5], queriesFile)).toThrow(new RegExp(`${queriesFile}: no query of tasks 5`));
     expect(r.per_query.map((p) => p.qid)).toEqual(queries.map((q) => q.qid));
     const ranked = new Map(r.per_query.map((p) => [p.qid, p.candidates]));
     expect(r.first_stage).toEqual(pct(computeRecall(queries, ranked).micro));
@@ -219,5 +222,7 @@ describe('ablation table', () => {
     expect(() => parseTableSpec(JSON.stringify({ common, rows: [{ name: 'a', ckpt: 'c' }, { name: 'a', ckpt: 'd' }] }))).toThrow(/"a" is used twice/);
     expect(() => parseTableSpec(JSON.stringify({ common, rows: [{ name: 'a' }] }))).toThrow(/rows\[0\] \("a"\): ckpt/);
     expect(() => parseTableSpec(JSON.stringify({ common, rows: [{ name: 'a', ckpt: 'c', noIcm: 'yes' }] }))).toThrow(/noIcm must be true or false/);
+    expect(() => parseTableSpec(JSON.stringify({ common: { ...common, tasks: [] }, rows: [{ name: 'a', ckpt: 'c' }] }))).toThrow(/common\.tasks must be a list of task ids/);
+    expect(parseTableSpec(JSON.stringify({ common: { ...common, tasks: [4, 6] }, rows: [{ name: 'a', ckpt: 'c' }] })).common.tasks).toEqual([4, 6]);
   });
 });

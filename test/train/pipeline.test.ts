@@ -51,6 +51,22 @@ describe('pipeline config', () => {
     expect(() => loadPipelineConfig(f)).toThrow(/sft.tasks: \[\] must be null \(every task\) or a list of task ids/);
     writeFileSync(f, JSON.stringify({ sft: { tasks: [4, 6.5] } }));
     expect(() => loadPipelineConfig(f)).toThrow(/sft.tasks: \[4,6.5\] must be null/);
+    writeFileSync(f, JSON.stringify({ pointing: { steps: 3 } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/pointing: expected a list/);
+    const phase = { steps: 3, batch: 2, lr: 3e-3, K: 8, easyShare: 0.5, tasks: [4] };
+    writeFileSync(f, JSON.stringify({ pointing: [phase, { ...phase, K: 17 }] }));
+    expect(() => loadPipelineConfig(f)).toThrow(/pointing\[1\].K: 17 must be an integer from 2 to eval.K = 16/);
+    writeFileSync(f, JSON.stringify({ pointing: [{ ...phase, step: 3 }] }));
+    expect(() => loadPipelineConfig(f)).toThrow(/pointing\[0\]: unknown setting 'step'/);
+    const { easyShare: _, ...noShare } = phase;
+    writeFileSync(f, JSON.stringify({ pointing: [noShare] }));
+    expect(() => loadPipelineConfig(f)).toThrow(/pointing\[0\]: 'easyShare' is missing/);
+    writeFileSync(f, JSON.stringify({ pointing: [{ ...phase, tasks: 4 }] }));
+    expect(() => loadPipelineConfig(f)).toThrow(/pointing\[0\].tasks: 4 must be null/);
+    writeFileSync(f, JSON.stringify({ eval: { tasks: ['4'] } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/eval.tasks: \["4"\] must be null/);
+    writeFileSync(f, JSON.stringify({ pointing: [phase], eval: { tasks: [4, 6] } }));
+    expect(loadPipelineConfig(f)).toMatchObject({ pointing: [phase], eval: { tasks: [4, 6] } });
     writeFileSync(f, '{ not json');
     expect(() => loadPipelineConfig(f)).toThrow(/invalid JSON/);
     expect(() => loadPipelineConfig('nope')).toThrow(/neither a config name/);
@@ -66,9 +82,13 @@ describe('pipeline end to end', () => {
       retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', batching: 'task', embedDim: 96, keywordShare: 0.25 },
       firstStage: { perTask: 2 },
       align: { steps: 2, batch: 2, lr: 1e-3, centre: true },
-      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief', kStart: 2, easyShare: 0.5, tasks: null, answerShare: 0.5 },
+      pointing: [
+        { steps: 1, batch: 2, lr: 3e-3, K: 2, easyShare: 1, tasks: [4] },
+        { steps: 1, batch: 2, lr: 3e-3, K: 4, easyShare: 0, tasks: [4, 6] },
+      ],
+      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief', kStart: 2, easyShare: 0.5, tasks: [4, 6], answerShare: 0.5 },
       grpo: { steps: 1, batch: 1, group: 2, lr: 1e-5, maxNewTokens: 12, fixedLambda: 0.5 },
-      eval: { K: 4, limit: 2, maxNewTokens: 12 },
+      eval: { K: 4, limit: 2, maxNewTokens: 12, tasks: [4, 6] },
       ablations: false,
     };
     const runDir = join(dir, 'run');
@@ -80,17 +100,25 @@ describe('pipeline end to end', () => {
     // The config's switches reach the stages: the retriever's pooling and width, the ICM centres, the SFT record keeps its curriculum and answer share.
     expect(JSON.parse(readFileSync(join(s.align, 'final', 'icm.json'), 'utf8')).centre).toBe(true);
     expect(JSON.parse(readFileSync(join(s.retriever, 'final', 'config.json'), 'utf8')).retriever).toMatchObject({ pooling: 'bag-max', embedDim: 96 });
-    expect(JSON.parse(readFileSync(join(s.sft, 'final', 'sft.json'), 'utf8'))).toMatchObject({ k_start: 2, easy_share: 0.5, decision_share: 0.5, decision_tokens: 'answer' });
+    const record = (d: string) => JSON.parse(readFileSync(join(d, 'final', 'sft.json'), 'utf8'));
+    // The pointing phases are answer-only, each from the one before; SFT starts from the last.
+    expect(record(join(s.pointing, 'phase-1'))).toMatchObject({ trace_style: 'answer', K: 2, easy_share: 1, tasks: [4], max_inspections: 0 });
+    expect(record(join(s.pointing, 'phase-2'))).toMatchObject({ trace_style: 'answer', K: 4, tasks: [4, 6], base: join(s.pointing, 'phase-1', 'final') });
+    expect(record(s.sft)).toMatchObject({ k_start: 2, easy_share: 0.5, decision_share: 0.5, decision_tokens: 'answer', tasks: [4, 6], base: join(s.pointing, 'phase-2', 'final') });
     const table = JSON.parse(readFileSync(join(s.table, 'table.json'), 'utf8')) as { rows: { name: string; queries: number }[] };
     expect(table.rows.map((r) => r.name)).toEqual(['First stage alone', 'zero-shot reranking', 'SFT', 'SFT + GRPO (full)']);
     for (const r of table.rows) expect(r.queries).toBe(2);
+    // eval.tasks keeps the table to those tasks' test queries.
+    const sftRow = JSON.parse(readFileSync(join(s.table, 'rows', 'sft.json'), 'utf8')) as { tasks: number[]; per_query: { task_id: number }[] };
+    expect(sftRow.tasks).toEqual([4, 6]);
+    expect(sftRow.per_query.map((q) => q.task_id).sort()).toEqual([4, 6]);
     const html = readFileSync(s.report, 'utf8');
     expect(html).toContain('Reranking, test split');
     expect(html).toContain('First stage, test split');
 
     const again: string[] = [];
     await runPipeline({ config, runDir, quiet: true, log: (l) => again.push(l) });
-    for (const stage of ['pretrain', 'retriever', 'first-stage', 'align', 'sft', 'grpo']) expect(again.some((l) => l.startsWith(`${stage}: done`)), stage).toBe(true);
+    for (const stage of ['pretrain', 'retriever', 'first-stage', 'align', 'pointing 1/2', 'pointing 2/2', 'sft', 'grpo']) expect(again.some((l) => l.startsWith(`${stage}: done`)), stage).toBe(true);
     expect(again.filter((l) => / reusing /.test(l)).length).toBeGreaterThanOrEqual(4);
   }, 600_000);
 });
@@ -111,6 +139,9 @@ describe('retrv command line', () => {
     const s = retrv('train', '--stage', 'bogus');
     expect(s.status).not.toBe(0);
     expect(s.stderr).toMatch(/argument 'bogus' is invalid/);
+    const k = retrv('eval', '--queries', 'q', '--pool', 'p', '--image-root', '.', '--ckpt', '.', '--out', 'x.json', '--tasks', '4,six');
+    expect(k.status).not.toBe(0);
+    expect(k.stderr).toMatch(/--tasks must be task ids separated by commas \(e\.g\. 4,6\), got '4,six'/);
   }, 60_000);
 
   it('has help on every command', () => {

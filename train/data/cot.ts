@@ -38,6 +38,9 @@
 // compared. A small model cannot name an emoji it never saw named (every validation and
 // test emoji), and a trace that starts from a wrong name derails everything after it;
 // this style asks only for what it can see: tones, and which candidate matches.
+// `answer` has no trace at all, `<think></think><answer>i</answer>`: the pointing warm-up
+// (train/pipeline.ts `pointing`), since a 2-layer model learns to point at the match only
+// when nothing stands between the prompt and the answer (README, "the SFT table").
 import type { MbeirQuery } from './mbeir-types.ts';
 import type { EmojiAttributes, EmojiQueryAttributes } from './emoji-benchmark.ts';
 import { type SeededRng, type Split, rngFor } from './seeded.ts';
@@ -121,8 +124,8 @@ export function candidateList(q: MbeirQuery, o: CandidateListOptions): string[] 
   return (o.shuffle ?? true) ? rng.shuffle(list) : list;
 }
 
-export type TraceStyle = 'full' | 'brief' | 'open' | 'nameless';
-export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief', 'open', 'nameless'];
+export type TraceStyle = 'full' | 'brief' | 'open' | 'nameless' | 'answer';
+export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief', 'open', 'nameless', 'answer'];
 
 export interface TraceOptions {
   seed: number;
@@ -313,6 +316,7 @@ export function synthesizeTrace(
   if (answer < 0) throw new Error(`synthesizeTrace: none of the ${candidates.length} candidates of query ${query.qid} is a positive`);
   const ans = infos[answer];
   const hard = infos.filter((c) => c.hard);
+  if (style === 'answer') return { text: `<think></think><answer>${answer}</answer>`, answer, inspections: [], hard: hard.map((c) => c.i), sentences: [] };
   // Same base first (skin tones are the details that need a look), then the rest in a seeded order.
   const hardOrder = [...hard.filter((c) => c.sameBase), ...rng.shuffle(hard.filter((c) => !c.sameBase))];
 

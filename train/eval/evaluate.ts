@@ -62,6 +62,8 @@ export interface EvaluateOptions {
   K?: number;
   /** Evaluate this many queries (spread over the tasks); default all. */
   limit?: number;
+  /** Only the queries of these task ids (before the limit); default every task. */
+  tasks?: readonly number[];
   /** Inspections per query at most (default 3; noInspect = 0). */
   maxInspections?: number;
   /** Default 768. */
@@ -115,6 +117,8 @@ export interface EvaluationResult {
   no_inspect: boolean;
   zero_shot: boolean;
   limit: number | null;
+  /** The task ids kept (null: every task). */
+  tasks: number[] | null;
   queries: number;
   /** How the first stage ranked: 'local pool per task' or 'whole pool' or 'given'. */
   first_stage_pools: string;
@@ -142,6 +146,15 @@ export interface EvaluationResult {
 }
 
 const pct = (r: Record<string, number>): RecallAtK => ({ 'R@1': 100 * r['R@1'], 'R@5': 100 * r['R@5'], 'R@10': 100 * r['R@10'] });
+
+/** The queries of the given task ids (all when none are given); an empty result is an error naming the file. */
+export function queriesOfTasks<Q extends { task_id: number }>(queries: readonly Q[], tasks: readonly number[] | undefined, file: string): Q[] {
+  if (!tasks) return [...queries];
+  const keep = new Set(tasks);
+  const out = queries.filter((q) => keep.has(q.task_id));
+  if (!out.length) throw new Error(`${file}: no query of tasks ${tasks.join(', ')}`);
+  return out;
+}
 
 /** At most `limit` queries, round robin over task ids (ascending), file order within a task. */
 export function spreadLimit<Q extends { task_id: number }>(queries: readonly Q[], limit?: number): Q[] {
@@ -343,7 +356,7 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<Evaluation
   const shown = data.issues.slice(0, 20);
   for (const i of shown) log(formatIssue(i));
   if (data.issues.length > shown.length) log(`... and ${data.issues.length - shown.length} more data issues (all in the JSON)`);
-  const queries = spreadLimit(data.queries, o.limit);
+  const queries = spreadLimit(queriesOfTasks(data.queries, o.tasks, o.queries), o.limit);
 
   // First stage.
   let firstStage: ReadonlyMap<string, readonly string[]>;
@@ -404,6 +417,7 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<Evaluation
       no_inspect: !!o.noInspect,
       zero_shot: !!o.zeroShot,
       limit: o.limit ?? null,
+      tasks: o.tasks ? [...o.tasks] : null,
       first_stage_pools: pools,
       first_stage_peak_gpu_bytes: fsPeak,
       adapter: (await getGpu()).description,

@@ -7,10 +7,11 @@
 //   npx tsx train/eval/table.ts --rows <rows.json> --out <dir> [--quiet]
 //
 // rows.json: { "common": { "queries", "pool", "imageRoot", "retriever", "K"?, "limit"?,
-//   "maxNewTokens"?, "batch"?, "system"?, "taskPools"? }, "rows": [ { "name", "ckpt",
+//   "maxNewTokens"?, "batch"?, "system"?, "taskPools"?, "tasks"? }, "rows": [ { "name", "ckpt",
 //   "noIcm"?, "noInspect"?, "zeroShot"? }, ... ] }. Relative paths are read from the
 // current folder (the repository root). "zeroShot": the model reranks with its assistant
-// turn forced to start with <think> (a base model that never saw the format).
+// turn forced to start with <think> (a base model that never saw the format). "tasks": [4, 6]
+// keeps the queries of those task ids only (before "limit" spreads the rest over the tasks).
 //
 // The script evaluates whichever split file it is given; it never chooses or tunes
 // anything on it. The first stage ranks once (cached in <out>/first-stage.json) and every
@@ -24,7 +25,7 @@ import { parseArgs } from 'node:util';
 import { init } from '../../runtime/index.ts';
 import { formatIssue } from '../data/mbeir.ts';
 import { writeTextAtomic } from '../atomic-write.ts';
-import { type EvaluationResult, evaluateCheckpoint, positiveInCandidates, rerankedR1GivenPositive, firstStageRankings, loadEvalData, localTaskPools, spreadLimit } from './evaluate.ts';
+import { type EvaluationResult, evaluateCheckpoint, positiveInCandidates, rerankedR1GivenPositive, firstStageRankings, loadEvalData, localTaskPools, queriesOfTasks, spreadLimit } from './evaluate.ts';
 
 export interface AblationRow {
   name: string;
@@ -132,6 +133,8 @@ export interface TableCommon {
   batch?: number;
   system?: string;
   taskPools?: 'auto' | 'none' | Record<string, string>;
+  /** Only the queries of these task ids (default: every task). */
+  tasks?: number[];
 }
 
 export interface TableSpec {
@@ -154,6 +157,9 @@ export function parseTableSpec(text: string, file = 'rows.json'): TableSpec {
   for (const k of ['queries', 'pool', 'imageRoot', 'retriever']) if (typeof c[k] !== 'string' || !c[k]) throw new Error(`${file}: common.${k} must be a path (string)`);
   for (const k of ['K', 'limit', 'maxNewTokens', 'batch']) {
     if (c[k] !== undefined && (typeof c[k] !== 'number' || !Number.isInteger(c[k]) || (c[k] as number) < 1)) throw new Error(`${file}: common.${k} must be a positive integer, got ${JSON.stringify(c[k])}`);
+  }
+  if (c.tasks !== undefined && !(Array.isArray(c.tasks) && c.tasks.length && c.tasks.every((t) => Number.isInteger(t) && t >= 0))) {
+    throw new Error(`${file}: common.tasks must be a list of task ids such as [4, 6], got ${JSON.stringify(c.tasks)}`);
   }
   if (!Array.isArray(raw.rows) || !raw.rows.length) throw new Error(`${file}: "rows" must be a non-empty array`);
   const names = new Set<string>();
@@ -183,6 +189,7 @@ function rowSettings(spec: TableSpec, r: TableRowSpec) {
     retriever: resolve(c.retriever),
     K: c.K ?? 16,
     limit: c.limit ?? null,
+    tasks: c.tasks ?? null,
     maxNewTokens: c.maxNewTokens ?? null,
     batch: c.batch ?? null,
     system: c.system ?? null,
@@ -212,9 +219,9 @@ export async function runAblationTable(
 
   // The first stage, once for all rows (cached: the pool embedding is the slow part).
   const data = await loadEvalData({ queries: c.queries, pool: c.pool, imageRoot: c.imageRoot });
-  const queries = spreadLimit(data.queries, c.limit);
+  const queries = spreadLimit(queriesOfTasks(data.queries, c.tasks, c.queries), c.limit);
   const fsPath = join(outDir, 'first-stage.json');
-  const fsKey = { queries: resolve(c.queries), pool: resolve(c.pool), retriever: resolve(c.retriever), depth: Math.max(K, 10), limit: c.limit ?? null, taskPools: c.taskPools ?? 'auto' };
+  const fsKey = { queries: resolve(c.queries), pool: resolve(c.pool), retriever: resolve(c.retriever), depth: Math.max(K, 10), limit: c.limit ?? null, tasks: c.tasks ?? null, taskPools: c.taskPools ?? 'auto' };
   type FsCache = { key: typeof fsKey; pools: string; peak_gpu_bytes: number; rankings: Record<string, string[]> };
   let fs: FsCache | null = null;
   if (existsSync(fsPath)) {
@@ -266,6 +273,7 @@ export async function runAblationTable(
         firstStage,
         K,
         limit: c.limit,
+        tasks: c.tasks,
         maxNewTokens: c.maxNewTokens,
         batch: c.batch,
         system: c.system,
