@@ -66,6 +66,7 @@ import { candidateList } from './data/cot.ts';
 import type { EmojiAttributes } from './data/emoji-benchmark.ts';
 import { ImageStore, candidateInput, queryInput } from './data/inputs.ts';
 import type { MbeirCandidate, MbeirQuery } from './data/mbeir-types.ts';
+import { queriesOfTasks } from './data/mbeir.ts';
 import { hash32 } from './data/seeded.ts';
 import { DEFAULT_CLIP, DEFAULT_KL_BETA, batchAdvantages, completionReward, curriculumLambda, grpoLoss, grpoObjective } from './grpo-objective.ts';
 import { loadOptimizerState, saveRunState, savedStep, trainStep } from './run-state.ts';
@@ -564,7 +565,8 @@ export function readRankings(path: string): Map<string, string[]> {
 //   npx tsx train/grpo.ts --ckpt <sft final dir> --out runs/<name> [--data data/emoji-mbeir]
 //     [--first-stage rankings.json] [--steps 200] [--group 4] [--batch 4] [--K 16] [--lr 1e-5]
 //     [--kl 0.04] [--clip 0.2] [--temperature 1] [--fixed-lambda 0.5] [--max-inspections 3]
-//     [--max-new-tokens 256] [--updates 1] [--save-every 20] [--seed 1] [--quiet]
+//     [--max-new-tokens 256] [--updates 1] [--save-every 20] [--seed 1] [--tasks 4,6] [--quiet]
+//   --tasks: train on those task ids' queries only (as the SFT stage's --tasks).
 
 async function main(): Promise<void> {
   const { values: a } = parseArgs({
@@ -587,9 +589,12 @@ async function main(): Promise<void> {
       updates: { type: 'string', default: '1' },
       'save-every': { type: 'string', default: '20' },
       seed: { type: 'string', default: '1' },
+      tasks: { type: 'string' },
       quiet: { type: 'boolean', default: false },
     },
   });
+  const tasks = a.tasks?.split(',').map((t) => Number(t));
+  if (tasks?.some((t) => !Number.isInteger(t) || t < 0)) throw new Error(`--tasks must be task ids separated by commas, got ${a.tasks}`);
   const num = (name: string, v: string | undefined, min: number, integer = true): number => {
     const n = Number(v);
     if (v === undefined || v.trim() === '' || !Number.isFinite(n) || n < min || (integer && !Number.isInteger(n))) throw new Error(`--${name} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got ${v}`);
@@ -625,7 +630,8 @@ async function main(): Promise<void> {
   const ctx = await init();
   say(`adapter: ${ctx.description}`);
   const models = await loadGrpoModels(a.ckpt);
-  const data = await loadGrpoData(a.data, models.model, firstStage);
+  const all = await loadGrpoData(a.data, models.model, firstStage);
+  const data = tasks ? { ...all, queries: queriesOfTasks(all.queries, tasks, `${a.data} train split`) } : all;
   const t0 = performance.now();
   await grpoTrain({
     ...models,

@@ -18,7 +18,8 @@ import { ImageStore, candidateInput, queryInput } from '../../train/data/inputs.
 import type { MbeirQuery } from '../../train/data/mbeir-types.ts';
 import { computeRecall } from '../../train/eval/recall.ts';
 import { rerankedOrder } from '../../train/eval/rerank.ts';
-import { evaluateCheckpoint, loadEvalData, queriesOfTasks, spreadLimit } from '../../train/eval/evaluate.ts';
+import { evaluateCheckpoint, loadEvalData, spreadLimit } from '../../train/eval/evaluate.ts';
+import { queriesOfTasks } from '../../train/data/mbeir.ts';
 import { firstStageRow, formatMarkdownTable, formatTerminalTable, parseTableSpec, runAblationTable } from '../../train/eval/table.ts';
 import { type SftExample, sftTrain } from '../../train/sft.ts';
 

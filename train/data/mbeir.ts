@@ -234,6 +234,15 @@ export function validateCandidate(raw: unknown): Validated<MbeirCandidate> {
 
 // ---------------------------------------------------------------- streaming reader
 
+/** The queries of the given task ids (all when none are given); an empty result is an error naming the file. */
+export function queriesOfTasks<Q extends { task_id: number }>(queries: readonly Q[], tasks: readonly number[] | undefined, file: string): Q[] {
+  if (!tasks) return [...queries];
+  const keep = new Set(tasks);
+  const out = queries.filter((q) => keep.has(q.task_id));
+  if (!out.length) throw new Error(`${file}: no query of tasks ${tasks.join(', ')}`);
+  return out;
+}
+
 export interface JsonlLine {
   line: number;
   /** The parsed value, absent when the line is not JSON. */

@@ -27,7 +27,7 @@ import { Retriever } from '../../model/retriever.ts';
 import { readConfig } from '../../model/checkpoint.ts';
 import { ImageStore, candidateInput, queryInput } from '../data/inputs.ts';
 import type { MbeirCandidate, MbeirQuery } from '../data/mbeir-types.ts';
-import { type BenchmarkMeta, type Issue, checkImages, dropRows, formatIssue, readPool, readQueries, resolveAgainstPool, summarizeLoad } from '../data/mbeir.ts';
+import { type BenchmarkMeta, type Issue, checkImages, dropRows, formatIssue, queriesOfTasks, readPool, readQueries, resolveAgainstPool, summarizeLoad } from '../data/mbeir.ts';
 import { writeTextAtomic } from '../atomic-write.ts';
 import { rankGroupsWithRetriever } from '../retriever.ts';
 import { icmCompress } from '../../model/icm.ts';
@@ -146,15 +146,6 @@ export interface EvaluationResult {
 }
 
 const pct = (r: Record<string, number>): RecallAtK => ({ 'R@1': 100 * r['R@1'], 'R@5': 100 * r['R@5'], 'R@10': 100 * r['R@10'] });
-
-/** The queries of the given task ids (all when none are given); an empty result is an error naming the file. */
-export function queriesOfTasks<Q extends { task_id: number }>(queries: readonly Q[], tasks: readonly number[] | undefined, file: string): Q[] {
-  if (!tasks) return [...queries];
-  const keep = new Set(tasks);
-  const out = queries.filter((q) => keep.has(q.task_id));
-  if (!out.length) throw new Error(`${file}: no query of tasks ${tasks.join(', ')}`);
-  return out;
-}
 
 /** At most `limit` queries, round robin over task ids (ascending), file order within a task. */
 export function spreadLimit<Q extends { task_id: number }>(queries: readonly Q[], limit?: number): Q[] {

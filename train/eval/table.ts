@@ -23,9 +23,9 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { init } from '../../runtime/index.ts';
-import { formatIssue } from '../data/mbeir.ts';
+import { formatIssue, queriesOfTasks } from '../data/mbeir.ts';
 import { writeTextAtomic } from '../atomic-write.ts';
-import { type EvaluationResult, evaluateCheckpoint, positiveInCandidates, rerankedR1GivenPositive, firstStageRankings, loadEvalData, localTaskPools, queriesOfTasks, spreadLimit } from './evaluate.ts';
+import { type EvaluationResult, evaluateCheckpoint, positiveInCandidates, rerankedR1GivenPositive, firstStageRankings, loadEvalData, localTaskPools, spreadLimit } from './evaluate.ts';
 
 export interface AblationRow {
   name: string;
