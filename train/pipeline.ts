@@ -80,10 +80,11 @@ export interface PipelineConfig {
   sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle; kStart: number; easyShare: number; tasks: number[] | null; answerShare: number };
   grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number };
   /**
-   * Reranking evaluation: candidates per query, test queries (spread over the tasks), and
-   * the generation budget; tasks: test queries of these task ids only (null = every task). A synthetic trace at K = 16 is about 640 tokens in the full
-   * style and 160 (at most about 300) in the brief one with the tiny tokenizer, so
-   * maxNewTokens (here and for GRPO) must leave room to reach <answer>.
+   * Reranking evaluation: candidates per query, test queries (spread over the tasks), the
+   * generation budget, and tasks: the test queries of these task ids only (null = every
+   * task). A synthetic trace at K = 16 is about 640 tokens in the full style and 160 (at
+   * most about 300) in the brief one with the tiny tokenizer, so maxNewTokens (here and
+   * for GRPO) must leave room to reach <answer>.
    */
   eval: { K: number; limit: number; maxNewTokens: number; tasks: number[] | null };
   /** Train and evaluate the ablation rows too. */
@@ -248,6 +249,9 @@ export function stageDirs(runDir: string) {
   };
 }
 
+/** The folder of pointing phase i (from 0) inside a pointing stage folder. */
+export const pointingPhaseDir = (dir: string, i: number) => join(dir, `phase-${i + 1}`);
+
 const hasModel = (dir: string) => existsSync(join(dir, 'final', 'config.json'));
 
 function need(dir: string, what: string, stage: string): string {
@@ -256,11 +260,15 @@ function need(dir: string, what: string, stage: string): string {
   return f;
 }
 
-/** The rows of the reranking table: which checkpoint each row evaluates, and how. */
-export function tableRows(runDir: string, ablations: boolean): TableRowSpec[] {
+/**
+ * The rows of the reranking table: which checkpoint each row evaluates, and how; with a
+ * pointing warm-up of n phases, its last phase is a row too (an answer-only reranker).
+ */
+export function tableRows(runDir: string, ablations: boolean, pointingPhases = 0): TableRowSpec[] {
   const s = stageDirs(runDir);
   const rows: TableRowSpec[] = [
     { name: 'zero-shot reranking', ckpt: join(s.align, 'final'), zeroShot: true },
+    ...(pointingPhases ? [{ name: 'pointing warm-up (answer-only SFT)', ckpt: join(pointingPhaseDir(s.pointing, pointingPhases - 1), 'final'), noInspect: true }] : []),
     { name: 'SFT', ckpt: join(s.sft, 'final') },
     { name: 'SFT + GRPO (full)', ckpt: join(s.grpo, 'final') },
   ];
@@ -424,20 +432,18 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
     );
   };
   const sft = (label: string, dir: string, base: string, opts: { noIcm?: boolean; noInspect?: boolean }) => sftRun(label, dir, base, { ...c.sft, K: c.eval.K }, opts);
-  // The phases run in <dir>/phase-<n>, each from the one before; returns the last final.
-  const phaseDir = (dir: string, i: number) => join(dir, `phase-${i + 1}`);
+  // The phases run in <dir>/phase-<n>, each from the one before.
   const pointing = async (label: string, dir: string, base: string, opts: { noIcm?: boolean }) => {
     let from = base;
     for (const [i, ph] of c.pointing.entries()) {
-      const run = { ...ph, traceStyle: 'answer' as const, kStart: ph.K, answerShare: 0 };
-      await sftRun(`${label} ${i + 1}/${c.pointing.length}`, phaseDir(dir, i), from, run, { ...opts, noInspect: true });
-      from = join(phaseDir(dir, i), 'final');
+      const phase = { ...ph, traceStyle: 'answer' as const, kStart: ph.K, answerShare: 0 };
+      await sftRun(`${label} ${i + 1}/${c.pointing.length}`, pointingPhaseDir(dir, i), from, phase, { ...opts, noInspect: true });
+      from = join(pointingPhaseDir(dir, i), 'final');
     }
-    return from;
   };
   // Where SFT starts: the last pointing phase when there is a warm-up, else alignment (or
   // pre-training, for the ICM ablation).
-  const pointed = (dir: string, fallback: string) => (c.pointing.length ? phaseDir(dir, c.pointing.length - 1) : fallback);
+  const pointed = (dir: string, fallback: string) => (c.pointing.length ? pointingPhaseDir(dir, c.pointing.length - 1) : fallback);
   // GRPO (and its ablations).
   const grpo = async (label: string, dir: string, from: string, opts: { fixedLambda?: number; maxInspections?: number }) => {
     if (hasModel(dir)) return log(`${label}: done (${join(dir, 'final')})`);
@@ -496,7 +502,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         maxNewTokens: c.eval.maxNewTokens,
         ...(c.eval.tasks ? { tasks: c.eval.tasks } : {}),
       },
-      rows: tableRows(o.runDir, c.ablations),
+      rows: tableRows(o.runDir, c.ablations, c.pointing.length),
     };
     for (const r of spec.rows) if (!existsSync(join(r.ckpt, 'config.json'))) throw new Error(`table row '${r.name}' needs ${r.ckpt}; run its training stage first`);
     // Progress counts rows: the first stage, then each reranker row.

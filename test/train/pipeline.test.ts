@@ -106,7 +106,7 @@ describe('pipeline end to end', () => {
     expect(record(join(s.pointing, 'phase-2'))).toMatchObject({ trace_style: 'answer', K: 4, tasks: [4, 6], base: join(s.pointing, 'phase-1', 'final') });
     expect(record(s.sft)).toMatchObject({ k_start: 2, easy_share: 0.5, decision_share: 0.5, decision_tokens: 'answer', tasks: [4, 6], base: join(s.pointing, 'phase-2', 'final') });
     const table = JSON.parse(readFileSync(join(s.table, 'table.json'), 'utf8')) as { rows: { name: string; queries: number }[] };
-    expect(table.rows.map((r) => r.name)).toEqual(['First stage alone', 'zero-shot reranking', 'SFT', 'SFT + GRPO (full)']);
+    expect(table.rows.map((r) => r.name)).toEqual(['First stage alone', 'zero-shot reranking', 'pointing warm-up (answer-only SFT)', 'SFT', 'SFT + GRPO (full)']);
     for (const r of table.rows) expect(r.queries).toBe(2);
     // eval.tasks keeps the table to those tasks' test queries.
     const sftRow = JSON.parse(readFileSync(join(s.table, 'rows', 'sft.json'), 'utf8')) as { tasks: number[]; per_query: { task_id: number }[] };
