@@ -69,7 +69,7 @@ program
 program
   .command('train')
   .description('run one stage (or all) of the pipeline in runs/<run>; each stage resumes from its checkpoint')
-  .addOption(new Option('--stage <stage>', 'which stage').choices(['all', 'data', 'pretrain', 'retriever', 'first-stage', 'align', 'sft', 'grpo', 'ablations', 'table', 'report']).makeOptionMandatory())
+  .addOption(new Option('--stage <stage>', 'which stage').choices(['all', 'data', 'pretrain', 'retriever', 'first-stage', 'align', 'pointing', 'sft', 'grpo', 'ablations', 'table', 'report']).makeOptionMandatory())
   .option('--config <name|file>', 'pipeline config: tiny, small, or a JSON file', 'tiny')
   .option('--run <name>', 'run name or folder (default runs/<config>)')
   .option('--ckpt <dir>', "the stage's input checkpoint (a final/ folder) instead of the run's earlier stage")

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildEmojiBenchmark, writeEmojiBenchmark } from '../../train/data/emoji-benchmark.ts';
-import { PIPELINE_CONFIGS, type PipelineConfig, loadPipelineConfig, runPipeline, stageDirs } from '../../train/pipeline.ts';
+import { PIPELINE_CONFIGS, type PipelineConfig, STAGES, loadPipelineConfig, runPipeline, stageDirs } from '../../train/pipeline.ts';
 
 let dir: string;
 beforeAll(async () => {
@@ -136,6 +136,9 @@ describe('retrv command line', () => {
     const t = retrv('train', '--stage', 'sft', '--config', 'nope');
     expect(t.status).toBe(1);
     expect(t.stderr).toMatch(/^retrv: config 'nope': neither a config name/);
+    // Every pipeline stage is a --stage choice.
+    const help = retrv('train', '--help').stdout;
+    for (const stage of STAGES) expect(help, stage).toContain(`"${stage}"`);
     const s = retrv('train', '--stage', 'bogus');
     expect(s.status).not.toBe(0);
     expect(s.stderr).toMatch(/argument 'bogus' is invalid/);
