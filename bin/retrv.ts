@@ -27,9 +27,9 @@ const int = (name: string, min = 1) => (v: string) => {
 };
 
 const taskList = (v: string) => {
-  const ids = v.split(',').map((t) => Number(t.trim()));
-  if (!ids.length || ids.some((t) => !Number.isInteger(t) || t < 0 || !v.trim())) throw new InvalidArgumentError(`--tasks must be task ids separated by commas (e.g. 4,6), got '${v}'`);
-  return ids;
+  const parts = v.split(',').map((t) => t.trim());
+  if (parts.some((t) => !/^\d+$/.test(t))) throw new InvalidArgumentError(`--tasks must be task ids separated by commas (e.g. 4,6), got '${v}'`);
+  return parts.map(Number);
 };
 
 const program = new Command();

@@ -232,8 +232,6 @@ export function validateCandidate(raw: unknown): Validated<MbeirCandidate> {
   return out;
 }
 
-// ---------------------------------------------------------------- streaming reader
-
 /** The queries of the given task ids (all when none are given); an empty result is an error naming the file. */
 export function queriesOfTasks<Q extends { task_id: number }>(queries: readonly Q[], tasks: readonly number[] | undefined, file: string): Q[] {
   if (!tasks) return [...queries];
@@ -242,6 +240,8 @@ export function queriesOfTasks<Q extends { task_id: number }>(queries: readonly 
   if (!out.length) throw new Error(`${file}: no query of tasks ${tasks.join(', ')}`);
   return out;
 }
+
+// ---------------------------------------------------------------- streaming reader
 
 export interface JsonlLine {
   line: number;
