@@ -7,6 +7,7 @@ import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { NoAdapterError, getGpu } from '../runtime/device.ts';
+import { parseTaskIds } from '../train/data/mbeir.ts';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -27,9 +28,11 @@ const int = (name: string, min = 1) => (v: string) => {
 };
 
 const taskList = (v: string) => {
-  const parts = v.split(',').map((t) => t.trim());
-  if (parts.some((t) => !/^\d+$/.test(t))) throw new InvalidArgumentError(`--tasks must be task ids separated by commas (e.g. 4,6), got '${v}'`);
-  return parts.map(Number);
+  try {
+    return parseTaskIds(v);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
 };
 
 const program = new Command();

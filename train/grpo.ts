@@ -66,7 +66,7 @@ import { candidateList } from './data/cot.ts';
 import type { EmojiAttributes } from './data/emoji-benchmark.ts';
 import { ImageStore, candidateInput, queryInput } from './data/inputs.ts';
 import type { MbeirCandidate, MbeirQuery } from './data/mbeir-types.ts';
-import { queriesOfTasks } from './data/mbeir.ts';
+import { parseTaskIds, queriesOfTasks } from './data/mbeir.ts';
 import { hash32 } from './data/seeded.ts';
 import { DEFAULT_CLIP, DEFAULT_KL_BETA, batchAdvantages, completionReward, curriculumLambda, grpoLoss, grpoObjective } from './grpo-objective.ts';
 import { loadOptimizerState, saveRunState, savedStep, trainStep } from './run-state.ts';
@@ -593,8 +593,7 @@ async function main(): Promise<void> {
       quiet: { type: 'boolean', default: false },
     },
   });
-  const tasks = a.tasks?.split(',').map((t) => Number(t));
-  if (tasks?.some((t) => !Number.isInteger(t) || t < 0)) throw new Error(`--tasks must be task ids separated by commas, got ${a.tasks}`);
+  const tasks = a.tasks === undefined ? undefined : parseTaskIds(a.tasks);
   const num = (name: string, v: string | undefined, min: number, integer = true): number => {
     const n = Number(v);
     if (v === undefined || v.trim() === '' || !Number.isFinite(n) || n < min || (integer && !Number.isInteger(n))) throw new Error(`--${name} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got ${v}`);

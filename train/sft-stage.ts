@@ -33,6 +33,7 @@ import type { EmojiAttributes, EmojiQueryAttributes } from './data/emoji-benchma
 import { loadBenchmark, readSideTable } from './data/emoji-benchmark.ts';
 import { TRACE_STYLES, type TraceStyle } from './data/cot.ts';
 import { ImageStore } from './data/inputs.ts';
+import { parseTaskIds } from './data/mbeir.ts';
 import { writeTextAtomic } from './atomic-write.ts';
 import { DECISION_TOKENS, type DecisionTokens, type SftData, type SftStepInfo, sftTrain } from './sft.ts';
 
@@ -347,8 +348,7 @@ async function main(): Promise<void> {
   if (!TRACE_STYLES.includes(a.trace as TraceStyle)) throw new Error(`--trace must be one of ${TRACE_STYLES.join(', ')}, got ${a.trace}`);
   if (!DECISION_TOKENS.includes(a['decision-tokens'] as DecisionTokens)) throw new Error(`--decision-tokens must be one of ${DECISION_TOKENS.join(', ')}, got ${a['decision-tokens']}`);
   if (a['no-icm'] && a.icm) throw new Error('--icm and --no-icm contradict each other');
-  const tasks = a.tasks?.split(',').map((t) => Number(t));
-  if (tasks?.some((t) => !Number.isInteger(t) || t < 0)) throw new Error(`--tasks must be task ids separated by commas, got ${a.tasks}`);
+  const tasks = a.tasks === undefined ? undefined : parseTaskIds(a.tasks);
   const ctx = await init();
   console.log(`adapter: ${ctx.description}`);
   const quiet = a.quiet || !!process.env.CI;

@@ -232,6 +232,13 @@ export function validateCandidate(raw: unknown): Validated<MbeirCandidate> {
   return out;
 }
 
+/** Task ids written as "4,6" (a command-line flag); anything else is an error naming the flag. */
+export function parseTaskIds(text: string, flag = '--tasks'): number[] {
+  const parts = text.split(',').map((t) => t.trim());
+  if (parts.some((t) => !/^\d+$/.test(t))) throw new Error(`${flag} must be task ids separated by commas (e.g. 4,6), got '${text}'`);
+  return parts.map(Number);
+}
+
 /** The queries of the given task ids (all when none are given); an empty result is an error naming the file. */
 export function queriesOfTasks<Q extends { task_id: number }>(queries: readonly Q[], tasks: readonly number[] | undefined, file: string): Q[] {
   if (!tasks) return [...queries];

@@ -20,6 +20,7 @@ import { Mllm } from '../../model/mllm.ts';
 import { POOLINGS, type Pooling, Retriever } from '../../model/retriever.ts';
 import { loadBenchmark } from '../data/emoji-benchmark.ts';
 import { ImageStore } from '../data/inputs.ts';
+import { parseTaskIds } from '../data/mbeir.ts';
 import { evaluateFirstStage } from '../eval/first-stage-eval.ts';
 import { formatRecallTable } from '../eval/recall.ts';
 import { RETRIEVER_BATCHINGS, type RetrieverBatching, benchmarkTripleSource, keywordPairNames, trainRetriever, withKeywordPairs } from '../retriever.ts';
@@ -49,11 +50,7 @@ const variants = a.variants!.split(',').map((v) => {
   }
   return { pooling: pooling as Pooling, batching: batching as RetrieverBatching, embedDim, name: `${pooling}-${batching}${width === undefined ? '' : `-${embedDim}`}` };
 });
-const taskList = (flag: 'train-tasks' | 'eval-tasks'): Set<number> => {
-  const ids = a[flag]!.split(',').map(Number);
-  if (!ids.length || ids.some((t) => !Number.isInteger(t) || t < 0)) throw new Error(`--${flag}: '${a[flag]}' is not a list of task ids such as 1,3`);
-  return new Set(ids);
-};
+const taskList = (flag: 'train-tasks' | 'eval-tasks') => new Set(parseTaskIds(a[flag]!, `--${flag}`));
 const keywordShare = Number(a['keyword-share']);
 if (!(keywordShare >= 0 && keywordShare < 1)) throw new Error(`--keyword-share must be a number from 0 (none) to below 1, got ${a['keyword-share']}`);
 const trainTasks = taskList('train-tasks');

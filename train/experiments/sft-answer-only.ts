@@ -21,6 +21,7 @@ import { init } from '../../runtime/index.ts';
 import { Icm, icmCompress } from '../../model/icm.ts';
 import { Mllm } from '../../model/mllm.ts';
 import { emojiIndex } from '../data/cot.ts';
+import { parseTaskIds } from '../data/mbeir.ts';
 import { batchQueries, curriculumK, curriculumSchedule, makeSftExample, randomNegativeSteps, sftTrain, spreadLabels, trainingQueries } from '../sft.ts';
 import { loadSftData } from '../sft-stage.ts';
 import { positiveFlags } from './flags.ts';
@@ -61,8 +62,7 @@ if (a['index-tag']) {
 const data = await loadSftData(a.data!, model);
 const emojis = emojiIndex(data.attributes.values());
 // --tasks 4,6 keeps the training queries of those tasks only.
-const tasks = a.tasks?.split(',').map((t) => Number(t));
-if (tasks?.some((t) => !Number.isInteger(t))) throw new Error(`--tasks must be task ids separated by commas, got ${a.tasks}`);
+const tasks = a.tasks === undefined ? undefined : parseTaskIds(a.tasks);
 const queries = trainingQueries(data, tasks);
 console.log(`${queries.length} training queries${tasks ? ` of tasks ${tasks.join(', ')}` : ''}`);
 await sftTrain({
