@@ -72,6 +72,7 @@ import { DEFAULT_CLIP, DEFAULT_KL_BETA, batchAdvantages, completionReward, curri
 import { loadOptimizerState, saveRunState, savedStep, trainStep } from './run-state.ts';
 import { batchQueries, loadSftCheckpointInto } from './sft.ts';
 import { loadSftData } from './sft-stage.ts';
+import { readRankings } from './training-rankings.ts';
 
 /** What the prompts are drawn from (the train split). An SftData fits. */
 export interface GrpoData {
@@ -186,15 +187,23 @@ export function sampleSeed(seed: number, step: number): number {
   return hash32(`grpo-sample:${step}`, seed);
 }
 
-/** The queries a prompt can be made from: a positive that is in the pool. */
-export function grpoQueries(data: GrpoData): MbeirQuery[] {
-  return data.queries.filter((q) => q.pos_cand_list.length && q.pos_cand_list.some((d) => data.byDid.has(d)) && data.byDid.has(q.pos_cand_list[0]));
+/**
+ * The queries a prompt can be made from: a positive that is in the pool, and, for a query
+ * with a first-stage ranking, a positive in its top K (a list without one has no reward).
+ */
+export function grpoQueries(data: GrpoData, K = 16): MbeirQuery[] {
+  const ranked = (q: MbeirQuery) => {
+    const r = data.firstStage?.get(q.qid);
+    return !r || r.slice(0, K).some((d) => q.pos_cand_list.includes(d));
+  };
+  return data.queries.filter((q) => q.pos_cand_list.length && q.pos_cand_list.some((d) => data.byDid.has(d)) && data.byDid.has(q.pos_cand_list[0]) && ranked(q));
 }
 
 /** One prompt for query q at a step (host side). */
 export function makeGrpoPrompt(data: GrpoData, q: MbeirQuery, o: { K: number; seed: number; draw: number }): GrpoPrompt {
   const pool = data.taskPools.get(q.task_id) ?? [...data.byDid.keys()];
-  const ids = candidateList(q, { K: o.K, seed: o.seed, draw: o.draw, firstStage: data.firstStage, pool, attributes: data.attributes ?? new Map() });
+  // First-stage lists keep the first stage's order, as at test time (train/sft.ts does the same).
+  const ids = candidateList(q, { K: o.K, seed: o.seed, draw: o.draw, firstStage: data.firstStage, shuffle: !data.firstStage, pool, attributes: data.attributes ?? new Map() });
   const candidates = ids.map((d) => {
     const c = data.byDid.get(d);
     if (!c) throw new Error(`grpo: candidate ${d} of query ${q.qid} is not in the pool`);
@@ -330,10 +339,10 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
   } else {
     const data = o.data;
     if (!data) throw new Error('grpo: give data or prompts');
-    const queries = grpoQueries(data);
-    if (!queries.length) throw new Error('grpo: no usable training queries (each needs a positive in the pool)');
+    const queries = grpoQueries(data, K);
+    if (!queries.length) throw new Error(`grpo: no usable training queries (each needs a positive in the pool${data.firstStage ? `, and in its first-stage top ${K}` : ''})`);
     source = (step) => batchQueries(queries, o.batch, step, o.seed).map((q) => makeGrpoPrompt(data, q, { K, seed: o.seed, draw: step }));
-    what = `${queries.length} training queries, K ${K}${data.firstStage ? ' (first-stage top-K)' : ''}`;
+    what = `${queries.length} training queries, K ${K}${data.firstStage ? ' (first-stage top-K in order; queries without a positive there left out)' : ''}`;
   }
 
   // The reference is the model as given (the SFT weights), copied before any resume.
@@ -541,23 +550,6 @@ export async function loadGrpoModels(dir: string): Promise<{ model: Mllm; refere
 export async function loadGrpoData(dataDir: string, model: Mllm, firstStage?: ReadonlyMap<string, readonly string[]>): Promise<GrpoData> {
   const { queries, byDid, taskPools, images, attributes } = await loadSftData(dataDir, model);
   return { queries, byDid, taskPools, images, attributes, firstStage };
-}
-
-/** First-stage rankings from a JSON file: { "<qid>": ["<did>", ...], ... } (best first). */
-export function readRankings(path: string): Map<string, string[]> {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (e) {
-    throw new Error(`${path}: not readable JSON (${(e as Error).message})`);
-  }
-  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new Error(`${path}: expected an object { qid: [did, ...] }`);
-  const out = new Map<string, string[]>();
-  for (const [qid, v] of Object.entries(raw as Record<string, unknown>)) {
-    if (!Array.isArray(v) || v.some((d) => typeof d !== 'string')) throw new Error(`${path}: the ranking of ${qid} is not a list of did strings`);
-    out.set(qid, v as string[]);
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------- command line

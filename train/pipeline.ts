@@ -4,7 +4,10 @@
 //   pretrain    base pre-training of the MLLM                      -> <run>/pretrain/final
 //   retriever   first-stage embedding retriever (InfoNCE)          -> <run>/retriever/final
 //   first-stage Recall@1/5/10 per task on the test split with baselines -> <run>/first-stage/
+//               (and, when a stage trains on first-stage lists, the rankings of the
+//               training queries -> <run>/first-stage/train-rankings.json)
 //   align       ICM self-alignment (model frozen)                  -> <run>/align/final
+//   pointing    (optional) answer-only SFT phases                  -> <run>/pointing/phase-<n>/final
 //   sft         activation: traces with inspection, ICM + model    -> <run>/sft/final
 //   grpo        GRPO with the curriculum reward                    -> <run>/grpo/final
 //   ablations   (optional) SFT and GRPO without the ICM, without inspection, GRPO with a
@@ -15,10 +18,10 @@
 // A stage whose final output exists is skipped; an interrupted stage resumes from its
 // checkpoint (each stage's own mechanism). Settings come from a named config (tiny: the
 // demo, minutes on a 2-core software adapter; small: about 50 minutes there) or a JSON
-// file that overrides one. Candidate lists for SFT and GRPO are drawn
-// from the positive, its hard negatives and random train-pool items (train/data/cot.ts),
-// not from first-stage rankings of training queries: the first stage is evaluated on test
-// queries only.
+// file that overrides one. Candidate lists for SFT and GRPO are drawn from the positive,
+// its hard negatives and random train-pool items (train/data/cot.ts), shuffled; a pointing
+// phase or SFT with firstStage: true takes the first stage's top K of each training query
+// instead, in its order, as the reranker meets lists at test time.
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { init } from '../runtime/index.ts';
@@ -36,9 +39,11 @@ import { pretrain } from './pretrain.ts';
 import { type RetrieverBatching, RETRIEVER_BATCHINGS, benchmarkTripleSource, keywordPairNames, trainRetriever, withKeywordPairs } from './retriever.ts';
 import { alignIcm } from './align.ts';
 import { runSftStage } from './sft-stage.ts';
+import { DECISION_TOKENS, type DecisionTokens } from './sft.ts';
 import { grpoTrain, loadGrpoData, loadGrpoModels } from './grpo.ts';
 import { type Progress, withProgress } from './progress.ts';
 import { writePipelineReport } from './pipeline-report.ts';
+import { readRankings, trainingRankings, writeRankings } from './training-rankings.ts';
 
 export interface PipelineConfig {
   /** Model preset (model/presets.ts). */
@@ -69,15 +74,17 @@ export interface PipelineConfig {
    */
   pointing: PointingPhase[];
   /**
-   * traceStyle: the synthetic traces' wording (train/data/cot.ts: full, brief, open, nameless or answer). kStart:
+   * traceStyle: the synthetic traces' wording (train/data/cot.ts: full, brief, open, nameless, answer or pointed). kStart:
    * the K curriculum's first list length (train/sft.ts curriculumK; eval.K = none).
    * easyShare: the share of the steps, from the start, whose lists take random negatives
    * instead of hard ones (train/sft.ts randomNegativeSteps; 0 = none). tasks: train on these
    * task ids' queries only (null = every task). answerShare: the share of the loss on the
-   * answer's tokens (train/sft.ts decisionWeights with decisionTokens 'answer'; 0 = one mean
-   * over every target token, as before).
+   * decision tokens (train/sft.ts decisionWeights; 0 = one mean over every target token), which
+   * are the answer's tokens (decisionTokens 'answer') or every index the trace writes
+   * ('digits': in a pointed trace the first one is the pointing decision). firstStage: lists from the first stage's rankings of
+   * the training queries, in its order (as PointingPhase.firstStage).
    */
-  sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle; kStart: number; easyShare: number; tasks: number[] | null; answerShare: number };
+  sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle; kStart: number; easyShare: number; tasks: number[] | null; answerShare: number; decisionTokens: DecisionTokens; firstStage: boolean };
   grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number };
   /**
    * Reranking evaluation: candidates per query, test queries (spread over the tasks), the
@@ -99,6 +106,13 @@ export interface PointingPhase {
   K: number;
   easyShare: number;
   tasks: number[] | null;
+  /**
+   * Optional (default false): each list is the query's first-stage top K in the first
+   * stage's order, as the reranker meets it at test time (<run>/first-stage/
+   * train-rankings.json, train/training-rankings.ts), so the model learns how far to
+   * trust that order; queries without a positive in their top K are left out.
+   */
+  firstStage?: boolean;
 }
 
 export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
@@ -111,7 +125,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     firstStage: { perTask: 40 },
     align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
     pointing: [],
-    sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16, easyShare: 0, tasks: null, answerShare: 0 },
+    sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16, easyShare: 0, tasks: null, answerShare: 0, decisionTokens: 'answer', firstStage: false },
     grpo: { steps: 4, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 384, fixedLambda: 0.5 },
     eval: { K: 16, limit: 12, maxNewTokens: 384, tasks: null },
     ablations: false,
@@ -127,7 +141,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     firstStage: { perTask: 0 },
     align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
     pointing: [],
-    sft: { steps: 60, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 4, easyShare: 0.5, tasks: null, answerShare: 0 },
+    sft: { steps: 60, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 4, easyShare: 0.5, tasks: null, answerShare: 0, decisionTokens: 'answer', firstStage: false },
     grpo: { steps: 4, batch: 2, group: 4, lr: 2e-5, maxNewTokens: 384, fixedLambda: 0.5 },
     eval: { K: 16, limit: 30, maxNewTokens: 384, tasks: null },
     ablations: false,
@@ -164,16 +178,19 @@ function checkTasks(tasks: unknown, where: string): void {
 }
 
 const POINTING_KEYS = ['steps', 'batch', 'lr', 'K', 'easyShare', 'tasks'];
+const POINTING_OPTIONAL = ['firstStage'];
 
 function checkPointingPhase(ph: unknown, where: string, evalK: number): void {
   if (!isObject(ph)) throw new Error(`${where}: expected an object with ${POINTING_KEYS.join(', ')}`);
-  for (const k of Object.keys(ph)) if (!POINTING_KEYS.includes(k)) throw new Error(`${where}: unknown setting '${k}' (known: ${POINTING_KEYS.join(', ')})`);
+  const known = [...POINTING_KEYS, ...POINTING_OPTIONAL];
+  for (const k of Object.keys(ph)) if (!known.includes(k)) throw new Error(`${where}: unknown setting '${k}' (known: ${known.join(', ')})`);
   for (const k of POINTING_KEYS) if (!(k in ph)) throw new Error(`${where}: '${k}' is missing (a phase sets all of ${POINTING_KEYS.join(', ')})`);
   for (const k of ['steps', 'batch']) if (!Number.isInteger(ph[k]) || (ph[k] as number) < 1) throw new Error(`${where}.${k}: ${JSON.stringify(ph[k])} must be a positive integer`);
   if (!(typeof ph.lr === 'number' && ph.lr > 0)) throw new Error(`${where}.lr: ${JSON.stringify(ph.lr)} must be a positive number`);
   if (!Number.isInteger(ph.K) || (ph.K as number) < 2 || (ph.K as number) > evalK) throw new Error(`${where}.K: ${JSON.stringify(ph.K)} must be an integer from 2 to eval.K = ${evalK}`);
   if (!(typeof ph.easyShare === 'number' && ph.easyShare >= 0 && ph.easyShare <= 1)) throw new Error(`${where}.easyShare: ${JSON.stringify(ph.easyShare)} must be a number from 0 to 1`);
   checkTasks(ph.tasks, `${where}.tasks`);
+  if ('firstStage' in ph && typeof ph.firstStage !== 'boolean') throw new Error(`${where}.firstStage: ${JSON.stringify(ph.firstStage)} must be true or false`);
 }
 
 /**
@@ -204,6 +221,7 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   if (!Number.isInteger(cfg.sft.kStart) || cfg.sft.kStart < 1 || cfg.sft.kStart > cfg.eval.K) {
     throw new Error(`${nameOrFile}.sft.kStart: ${cfg.sft.kStart} must be an integer from 1 to eval.K = ${cfg.eval.K}`);
   }
+  if (!DECISION_TOKENS.includes(cfg.sft.decisionTokens)) throw new Error(`${nameOrFile}.sft.decisionTokens: '${cfg.sft.decisionTokens}' is not one of ${DECISION_TOKENS.join(', ')}`);
   if (!(cfg.sft.answerShare >= 0 && cfg.sft.answerShare < 1)) throw new Error(`${nameOrFile}.sft.answerShare: ${cfg.sft.answerShare} must be a number from 0 (none) to below 1`);
   if (!(cfg.sft.easyShare >= 0 && cfg.sft.easyShare <= 1)) throw new Error(`${nameOrFile}.sft.easyShare: ${cfg.sft.easyShare} must be a number from 0 to 1`);
   checkTasks(cfg.sft.tasks, `${nameOrFile}.sft.tasks`);
@@ -234,6 +252,7 @@ export function stageDirs(runDir: string) {
     pretrain: d('pretrain'),
     retriever: d('retriever'),
     firstStage: d('first-stage'),
+    trainRankings: join(d('first-stage'), TRAIN_RANKINGS_FILE),
     align: d('align'),
     pointing: d('pointing'),
     pointingNoIcm: d('pointing-no-icm'),
@@ -248,6 +267,12 @@ export function stageDirs(runDir: string) {
     report: join(runDir, 'report.html'),
   };
 }
+
+/** The first-stage rankings of the training queries, beside the first stage's recall. */
+export const TRAIN_RANKINGS_FILE = 'train-rankings.json';
+
+/** Whether any training stage of the config draws its lists from the training queries' rankings. */
+export const usesTrainRankings = (c: PipelineConfig) => c.sft.firstStage || c.pointing.some((ph) => ph.firstStage);
 
 /** The folder of pointing phase i (from 0) inside a pointing stage folder. */
 export const pointingPhaseDir = (dir: string, i: number) => join(dir, `phase-${i + 1}`);
@@ -391,6 +416,15 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
       retriever.dispose();
     }
   } else if (want.has('first-stage')) log(`first-stage: done (${s.firstStage})`);
+  // Rankings of the training queries, for the stages that train on first-stage lists.
+  if (want.has('first-stage') && usesTrainRankings(c) && !existsSync(s.trainRankings)) {
+    const dir = input(s.retriever, 'the trained retriever', 'first-stage');
+    const r = await run('first stage, training queries', 1, (p) =>
+      trainingRankings({ retriever: dir, dataDir: c.data, depth: 32, onProgress: (done, total) => p.update(0, { 'embedding the train-split pools': `${done}/${total}` }) }),
+    );
+    writeRankings(s.trainRankings, r.rankings);
+    log(formatRecallTable({ 'first stage': r.recall }, `first stage, training queries against the train-split pools (the retriever trained on them), ${r.queries.length} queries`));
+  }
 
   // ICM self-alignment.
   if (want.has('align') && !hasModel(s.align)) {
@@ -412,10 +446,11 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
   } else if (want.has('align')) log(`align: done (${join(s.align, 'final')})`);
 
   // SFT (and its ablations), and the answer-only phases of the pointing warm-up.
-  type SftRun = { steps: number; batch: number; lr: number; traceStyle: TraceStyle; K: number; kStart: number; easyShare: number; tasks: number[] | null; answerShare: number };
+  type SftRun = { steps: number; batch: number; lr: number; traceStyle: TraceStyle; K: number; kStart: number; easyShare: number; tasks: number[] | null; answerShare: number; decisionTokens?: DecisionTokens; firstStage?: boolean };
   const sftRun = async (label: string, dir: string, base: string, r: SftRun, opts: { noIcm?: boolean; noInspect?: boolean }) => {
     if (existsSync(join(dir, 'final', 'sft.json'))) return log(`${label}: done (${join(dir, 'final')})`);
-    const { answerShare, tasks, ...settings } = r;
+    const { answerShare, decisionTokens, tasks, firstStage, ...settings } = r;
+    if (firstStage && !existsSync(s.trainRankings)) throw new Error(`${label} trains on first-stage lists and needs ${s.trainRankings}; run the first-stage stage first`);
     await run(label, r.steps, (p) =>
       runSftStage({
         base,
@@ -423,7 +458,8 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         dataDir: c.data,
         ...settings,
         tasks: tasks ?? undefined,
-        ...(answerShare > 0 ? { decisionShare: answerShare, decisionTokens: 'answer' as const } : {}),
+        firstStage: firstStage ? s.trainRankings : undefined,
+        ...(answerShare > 0 ? { decisionShare: answerShare, decisionTokens: decisionTokens ?? 'answer' } : {}),
         seed: c.seed,
         ...opts,
         log: via(p),
@@ -449,8 +485,9 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
     if (hasModel(dir)) return log(`${label}: done (${join(dir, 'final')})`);
     const models = await loadGrpoModels(from);
     try {
-      // GRPO trains on the tasks SFT trained on.
-      const all = await loadGrpoData(c.data, models.model);
+      // GRPO trains on the tasks SFT trained on, on the same kind of lists.
+      if (c.sft.firstStage && !existsSync(s.trainRankings)) throw new Error(`${label} trains on first-stage lists as SFT did and needs ${s.trainRankings}; run the first-stage stage first`);
+      const all = await loadGrpoData(c.data, models.model, c.sft.firstStage ? readRankings(s.trainRankings) : undefined);
       const data = c.sft.tasks ? { ...all, queries: queriesOfTasks(all.queries, c.sft.tasks, `${c.data} train split`) } : all;
       await run(label, c.grpo.steps, (p) =>
         grpoTrain({

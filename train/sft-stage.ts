@@ -8,8 +8,8 @@
 //     [--data data/emoji-mbeir] [--steps 300] [--batch 4] [--lr 1e-3] [--K 16]
 //     [--k-start 4] [--easy-share 0.5] [--tasks 4,6] [--decision-share 0.5]
 //     [--decision-tokens digits|answer] [--max-inspections 3]
-//     [--trace full|brief|open|nameless] [--save-every 25] [--seed 1] [--no-icm]
-//     [--no-inspect] [--quiet]
+//     [--trace full|brief|open|nameless|answer|pointed] [--first-stage train-rankings.json]
+//     [--save-every 25] [--seed 1] [--no-icm] [--no-inspect] [--quiet]
 //
 // Choices:
 // - The ICM comes from --icm, else from the base folder when it holds one (an align
@@ -20,7 +20,9 @@
 // - runDir/final/sft.json is written last and marks a finished run: running the stage
 //   again then does nothing (delete the folder to train anew).
 // - Candidate lists are the positive, its hard negatives and random same-split pool items
-//   (train/data/cot.ts candidateList); no first-stage ranking of the 8k training queries.
+//   (train/data/cot.ts candidateList), shuffled; with --first-stage (rankings of the
+//   training queries, train/training-rankings.ts) they are each query's top K in the first
+//   stage's order, and queries without a positive in their top K are left out.
 import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -35,6 +37,7 @@ import { TRACE_STYLES, type TraceStyle } from './data/cot.ts';
 import { ImageStore } from './data/inputs.ts';
 import { parseTaskIds } from './data/mbeir.ts';
 import { writeTextAtomic } from './atomic-write.ts';
+import { readRankings } from './training-rankings.ts';
 import { DECISION_TOKENS, type DecisionTokens, type SftData, type SftStepInfo, sftTrain } from './sft.ts';
 
 export const SFT_DONE_FILE = 'sft.json';
@@ -49,6 +52,8 @@ export interface SftStageOptions {
   noIcm?: boolean;
   /** Traces without inspection (maxInspections 0). */
   noInspect?: boolean;
+  /** First-stage rankings of the training queries (JSON, train/training-rankings.ts): lists are their top K in order. */
+  firstStage?: string;
   /** The run folder: checkpoint/, final/, log.jsonl. */
   out: string;
   /** The emoji benchmark folder (default data/emoji-mbeir); examples come from its train split. */
@@ -114,6 +119,8 @@ export interface SftStageRecord {
   /** The share of the steps whose lists took random negatives (0: none). */
   easy_share: number;
   tasks: readonly number[] | null;
+  /** The rankings file the lists came from (null: shuffled positive + negatives). */
+  first_stage: string | null;
   decision_share: number | null;
   decision_tokens: DecisionTokens;
   steps: number;
@@ -215,6 +222,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
   if (!o.noIcm && icmDir === null) {
     throw new CheckpointError(`sft stage: no ICM: ${o.base} holds none and no --icm was given; give --icm <align final> (or --no-icm for full candidate tokens)`);
   }
+  const firstStage = o.firstStage ? readRankings(o.firstStage) : undefined;
   const model = await Mllm.load(o.base);
   let icm: Icm | null = null;
   try {
@@ -225,6 +233,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       for (const line of loaded.summary) if (!/skipped 0 /.test(line)) log(line);
       data = loaded;
     }
+    if (firstStage) data = { ...data, firstStage };
     log(`sft stage: base ${o.base}${icm ? `, ICM from ${icmDir}` : ', no ICM (full candidate tokens)'}, ${maxInspections ? `up to ${maxInspections} inspections per trace` : 'no inspection'}`);
 
     const printEvery = o.printEvery ?? 10;
@@ -285,6 +294,7 @@ export async function runSftStage(o: SftStageOptions): Promise<SftStageResult> {
       k_start: o.kStart ?? K,
       easy_share: o.easyShare ?? 0,
       tasks: o.tasks ?? null,
+      first_stage: o.firstStage ? resolve(o.firstStage) : null,
       decision_share: o.decisionShare ?? null,
       decision_tokens: o.decisionTokens ?? 'digits',
       steps: o.steps,
@@ -331,6 +341,7 @@ async function main(): Promise<void> {
       'decision-tokens': { type: 'string', default: 'digits' },
       'max-inspections': { type: 'string', default: '3' },
       trace: { type: 'string', default: 'full' },
+      'first-stage': { type: 'string' },
       'save-every': { type: 'string', default: '25' },
       seed: { type: 'string', default: '1' },
       'no-icm': { type: 'boolean', default: false },
@@ -357,6 +368,7 @@ async function main(): Promise<void> {
     icm: a.icm,
     noIcm: a['no-icm'],
     noInspect: a['no-inspect'],
+    firstStage: a['first-stage'],
     out: a.out,
     dataDir: a.data,
     steps: num('steps', a.steps),

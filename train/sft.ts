@@ -1,8 +1,9 @@
 // The activation stage (SFT): the reranker learns the retrieval chain of thought.
 //
-// Each example is a training query, its K candidates (first-stage top-K when given, else
-// positive + hard negatives + random pool items of the train split; shuffled so the answer
-// takes every position), and a synthetic trace (train/data/cot.ts). The sequence is the
+// Each example is a training query, its K candidates (the first-stage top-K in the first
+// stage's order when rankings are given, so the model learns how far to trust that order;
+// else positive + hard negatives + random pool items of the train split, shuffled so the
+// answer takes every position), and a synthetic trace (train/data/cot.ts). The sequence is the
 // reranker prompt (candidates compressed by the ICM hook when one is given, else full)
 // followed by the trace, with each inspected candidate's full content spliced in after
 // its <inspection-index-end> exactly as at inference (model/inspect.ts traceLayout).
@@ -47,7 +48,11 @@ export interface SftData {
   /** Each task's pool (dids), for the random fillers. */
   taskPools: ReadonlyMap<number, readonly string[]>;
   images: ImageStore;
-  /** First-stage rankings per qid (best first); the top K are a query's candidates when present. */
+  /**
+   * First-stage rankings per qid (best first): a query's top K are its candidates, kept in
+   * the first stage's order (as at test time), and only queries whose top K (at the full K)
+   * holds a positive are trained on (trainingQueries).
+   */
   firstStage?: ReadonlyMap<string, readonly string[]>;
 }
 
@@ -80,7 +85,8 @@ export function makeSftExample(model: Mllm, data: SftData, emojis: ReadonlyMap<s
   const qa = data.queryAttributes.get(q.qid);
   if (!qa) throw new Error(`sft: query ${q.qid} has no row in query_attributes`);
   const pool = data.taskPools.get(q.task_id) ?? [...data.byDid.keys()];
-  const ids = candidateList(q, { K: o.K, seed: o.seed, draw: o.draw, firstStage: data.firstStage, pool, attributes: data.attributes, hardNegatives: o.hardNegatives });
+  if (data.firstStage && !data.firstStage.has(q.qid)) throw new Error(`sft: query ${q.qid} has no first-stage ranking`);
+  const ids = candidateList(q, { K: o.K, seed: o.seed, draw: o.draw, firstStage: data.firstStage, shuffle: !data.firstStage, pool, attributes: data.attributes, hardNegatives: o.hardNegatives });
   const trace = synthesizeTrace(q, qa, ids, data.attributes, emojis, { seed: o.seed, draw: o.draw, maxInspections: o.maxInspections, style: o.style });
   const candidates = ids.map((d) => {
     const c = data.byDid.get(d);
@@ -288,10 +294,22 @@ export function answerTargets(ids: ArrayLike<number>, targets: Int32Array, speci
 export type DecisionTokens = 'digits' | 'answer';
 export const DECISION_TOKENS: readonly DecisionTokens[] = ['digits', 'answer'];
 
-/** The usable queries of the given tasks (default every task); none is an error that names the tasks. */
-export function trainingQueries(data: SftData, tasks?: readonly number[]): MbeirQuery[] {
-  const queries = usableQueries(data).filter((q) => !tasks || tasks.includes(q.task_id));
-  if (!queries.length) throw new Error(`sft: no usable training queries${tasks ? ` of tasks ${tasks.join(', ')}` : ''} (each needs a positive and attribute rows)`);
+/**
+ * The usable queries of the given tasks (default every task); with first-stage rankings,
+ * those whose top K holds a positive (a list without one teaches nothing about choosing).
+ * None is an error that names the tasks.
+ */
+export function trainingQueries(data: SftData, tasks?: readonly number[], K?: number): MbeirQuery[] {
+  let queries = usableQueries(data).filter((q) => !tasks || tasks.includes(q.task_id));
+  const of = tasks ? ` of tasks ${tasks.join(', ')}` : '';
+  if (!queries.length) throw new Error(`sft: no usable training queries${of} (each needs a positive and attribute rows)`);
+  const ranked = data.firstStage;
+  if (ranked) {
+    const unranked = queries.find((q) => !ranked.has(q.qid));
+    if (unranked) throw new Error(`sft: query ${unranked.qid} (task ${unranked.task_id}) has no first-stage ranking; rank every training query${of}`);
+    queries = queries.filter((q) => ranked.get(q.qid)!.slice(0, K ?? 16).some((d) => q.pos_cand_list.includes(d)));
+    if (!queries.length) throw new Error(`sft: no training query${of} has a positive in its first-stage top ${K ?? 16}`);
+  }
   return queries;
 }
 
@@ -380,7 +398,7 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
   } else {
     const data = o.data;
     if (!data) throw new Error('sft: give data or examples');
-    const queries = trainingQueries(data, o.tasks);
+    const queries = trainingQueries(data, o.tasks, K);
     const emojis = emojiIndex(data.attributes.values());
     const kStart = o.kStart ?? K;
     const easySteps = randomNegativeSteps(o.steps, o.easyShare ?? 0);
@@ -390,7 +408,8 @@ export async function sftTrain(o: SftOptions): Promise<{ model: Mllm; steps: num
       const hardNegatives = step >= easySteps;
       return batchQueries(queries, o.batch, step, o.seed).map((q) => makeSftExample(model, data, emojis, q, { K: k, seed: o.seed, draw, maxInspections: maxIns, style: o.traceStyle, hardNegatives }));
     };
-    what = `${queries.length} training queries${o.tasks ? ` of tasks ${o.tasks.join(', ')}` : ''}, K ${kStart === K ? K : curriculumSchedule(o.steps, K, kStart)}${easySteps ? `, random negatives for steps 1-${easySteps}` : ''}`;
+    const usable = data.firstStage ? trainingQueries({ ...data, firstStage: undefined }, o.tasks).length : 0;
+    what = `${queries.length} training queries${o.tasks ? ` of tasks ${o.tasks.join(', ')}` : ''}${data.firstStage ? ` (first-stage lists in order: those of ${usable} with a positive in the top ${K})` : ''}, K ${kStart === K ? K : curriculumSchedule(o.steps, K, kStart)}${easySteps ? `, random negatives for steps 1-${easySteps}` : ''}`;
   }
   const ckptDir = join(o.runDir, 'checkpoint');
   mkdirSync(o.runDir, { recursive: true });

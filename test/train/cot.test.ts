@@ -30,8 +30,9 @@ function makeTrace(q: MbeirQuery, draw = 0, maxInspections = 3, style: TraceStyl
  * Re-derives every claim of a trace from the attributes; returns the list of violations.
  * open: hard negatives may go unmentioned (the open style leaves the uninspected ones out).
  * named: candidates are written `candidate 3 ("name")`; false (nameless): `candidate 3`.
+ * everyNegative: every negative outside open's exception is discussed (false: the pointed style, which discusses only tones).
  */
-function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trace, open = false, named = true): string[] {
+function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trace, open = false, named = true, everyNegative = true): string[] {
   const bad: string[] = [];
   const fail = (s: string, why: string) => bad.push(`${q.qid}: ${why}: «${s}»`);
   const pos = new Set(q.pos_cand_list);
@@ -102,20 +103,20 @@ function check(q: MbeirQuery, qa: EmojiQueryAttributes, cands: string[], t: Trac
     const ans = /(?:answer is|best match is|choose) candidate (\d+)|[Cc]andidate (\d+) is the best match/.exec(s);
     if (ans && Number(ans[1] ?? ans[2]) !== t.answer) fail(s, 'wrong answer sentence');
   });
-  for (let i = 0; i < K; i++) if (!mentioned.has(i) && !pos.has(cands[i]) && !(open && t.hard.includes(i))) bad.push(`${q.qid}: negative candidate ${i} is never discussed`);
+  for (let i = 0; i < K; i++) if (everyNegative && !mentioned.has(i) && !pos.has(cands[i]) && !(open && t.hard.includes(i))) bad.push(`${q.qid}: negative candidate ${i} is never discussed`);
   if (t.inspections.length > 3) bad.push(`${q.qid}: ${t.inspections.length} inspections`);
   if (new Set(t.inspections).size !== t.inspections.length) bad.push(`${q.qid}: repeated inspection`);
   return bad;
 }
 
 describe('synthetic chains of thought', () => {
-  it.each(['full', 'brief', 'open', 'nameless'] as const)('every sentence is true of the data and the answer is a positive (%s)', (style) => {
+  it.each(['full', 'brief', 'open', 'nameless', 'pointed'] as const)('every sentence is true of the data and the answer is a positive (%s)', (style) => {
     const bad: string[] = [];
     let n = 0;
     for (const q of train) {
       for (const draw of [0, 1]) {
         const { cands, trace } = makeTrace(q, draw, 3, style);
-        bad.push(...check(q, qattrs.get(q.qid)!, cands, trace, style === 'open' || style === 'nameless', style !== 'nameless'));
+        bad.push(...check(q, qattrs.get(q.qid)!, cands, trace, style === 'open' || style === 'nameless', style !== 'nameless' && style !== 'pointed', style !== 'pointed'));
         n++;
       }
     }
@@ -231,6 +232,27 @@ describe('synthetic chains of thought', () => {
     }
     expect(brief).toBeLessThan(full * 0.6);
     expect(() => synthesizeTrace(train[0], qattrs.get(train[0].qid)!, makeTrace(train[0]).cands, attrs, emojis, { seed: 1, style: 'terse' as TraceStyle })).toThrow(/unknown style 'terse'/);
+  });
+
+  it('the pointed style looks at the target\'s other tones in list order up to the answer, then at the answer', () => {
+    let withSiblings = 0;
+    for (const q of train) {
+      const qa = qattrs.get(q.qid)!;
+      const { cands, trace } = makeTrace(q, 0, 3, 'pointed');
+      const other = (i: number) => attrs.get(cands[i])!.base === qa.base && !q.pos_cand_list.includes(cands[i]) && attrs.get(cands[i])!.skin_tone !== qa.skin_tone;
+      const before = cands.map((_, i) => i).filter((i) => i < trace.answer && other(i));
+      // The first two such candidates, then the answer, each inspected once, in that order.
+      expect(trace.inspections).toEqual([...before.slice(0, 2), trace.answer]);
+      if (before.length) withSiblings++;
+      // The answer is the first positive in the list; no elimination list, no name.
+      expect(trace.answer).toBe(cands.indexOf(q.pos_cand_list[0]));
+      expect(trace.text).not.toMatch(/are wrong|"/);
+      // Without inspection: the same sentences without the markers.
+      const plain = makeTrace(q, 0, 0, 'pointed').trace;
+      expect(plain.inspections).toEqual([]);
+      if (before.length <= 2) expect(plain.sentences).toEqual(trace.sentences.filter((x) => !x.startsWith('<inspection')));
+    }
+    expect(withSiblings).toBeGreaterThan(train.length / 20);
   });
 
   it('the answer style is the answer alone, the same answer and hard negatives as a traced one', () => {

@@ -120,12 +120,12 @@ describe('grpo sampling and teacher forcing', () => {
     expect(scoreCompletion(p, result(enc('x'), [], [], null, false), 0.5).reward).toBe(0);
   });
 
-  it('candidates: the first-stage top-K when a ranking is given, else positive + negatives + fillers', () => {
+  it('candidates: the first-stage top-K in its order when a ranking is given, else positive + negatives + fillers', () => {
     const q = data.queries[0];
     const pool = bench.taskPools.get(q.task_id)!.filter((d) => !q.pos_cand_list.includes(d));
     const ranked = [pool[3], q.pos_cand_list[0], pool[5], pool[7], pool[9], pool[11]];
     const withRanking = makeGrpoPrompt({ ...data, firstStage: new Map([[q.qid, ranked]]) }, q, { K, seed: 1, draw: 0 });
-    expect(new Set(withRanking.candidateIds)).toEqual(new Set(ranked.slice(0, K)));
+    expect(withRanking.candidateIds).toEqual(ranked.slice(0, K));
     expect(withRanking.correct).toEqual([withRanking.candidateIds.indexOf(q.pos_cand_list[0])]);
     const sftWay = makeGrpoPrompt(data, q, { K, seed: 1, draw: 0 });
     expect(sftWay.candidateIds).toEqual(candidateList(q, { K, seed: 1, draw: 0, pool: bench.taskPools.get(q.task_id)!, attributes }));

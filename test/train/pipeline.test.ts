@@ -4,9 +4,10 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildEmojiBenchmark, writeEmojiBenchmark } from '../../train/data/emoji-benchmark.ts';
+import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from '../../train/data/emoji-benchmark.ts';
+import { readRankings } from '../../train/training-rankings.ts';
 import { PIPELINE_CONFIGS, type PipelineConfig, STAGES, loadPipelineConfig, runPipeline, stageDirs } from '../../train/pipeline.ts';
 
 let dir: string;
@@ -63,6 +64,12 @@ describe('pipeline config', () => {
     expect(() => loadPipelineConfig(f)).toThrow(/pointing\[0\]: 'easyShare' is missing/);
     writeFileSync(f, JSON.stringify({ pointing: [{ ...phase, tasks: 4 }] }));
     expect(() => loadPipelineConfig(f)).toThrow(/pointing\[0\].tasks: 4 must be null/);
+    writeFileSync(f, JSON.stringify({ pointing: [{ ...phase, firstStage: 'yes' }] }));
+    expect(() => loadPipelineConfig(f)).toThrow(/pointing\[0\].firstStage: "yes" must be true or false/);
+    writeFileSync(f, JSON.stringify({ sft: { decisionTokens: 'index' } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/sft.decisionTokens: 'index' is not one of digits, answer/);
+    writeFileSync(f, JSON.stringify({ sft: { firstStage: 1 } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/sft.firstStage: expected a boolean/);
     writeFileSync(f, JSON.stringify({ eval: { tasks: ['4'] } }));
     expect(() => loadPipelineConfig(f)).toThrow(/eval.tasks: \["4"\] must be null/);
     writeFileSync(f, JSON.stringify({ pointing: [phase], eval: { tasks: [4, 6] } }));
@@ -84,9 +91,9 @@ describe('pipeline end to end', () => {
       align: { steps: 2, batch: 2, lr: 1e-3, centre: true },
       pointing: [
         { steps: 1, batch: 2, lr: 3e-3, K: 2, easyShare: 1, tasks: [4] },
-        { steps: 1, batch: 2, lr: 3e-3, K: 4, easyShare: 0, tasks: [4, 6] },
+        { steps: 1, batch: 2, lr: 3e-3, K: 4, easyShare: 0, tasks: [4, 6], firstStage: true },
       ],
-      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'brief', kStart: 2, easyShare: 0.5, tasks: [4, 6], answerShare: 0.5 },
+      sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'pointed', kStart: 2, easyShare: 0.5, tasks: [4, 6], answerShare: 0.5, decisionTokens: 'digits', firstStage: true },
       grpo: { steps: 1, batch: 1, group: 2, lr: 1e-5, maxNewTokens: 12, fixedLambda: 0.5 },
       eval: { K: 4, limit: 2, maxNewTokens: 12, tasks: [4, 6] },
       ablations: false,
@@ -103,8 +110,20 @@ describe('pipeline end to end', () => {
     const record = (d: string) => JSON.parse(readFileSync(join(d, 'final', 'sft.json'), 'utf8'));
     // The pointing phases are answer-only, each from the one before; SFT starts from the last.
     expect(record(join(s.pointing, 'phase-1'))).toMatchObject({ trace_style: 'answer', K: 2, easy_share: 1, tasks: [4], max_inspections: 0 });
-    expect(record(join(s.pointing, 'phase-2'))).toMatchObject({ trace_style: 'answer', K: 4, tasks: [4, 6], base: join(s.pointing, 'phase-1', 'final') });
-    expect(record(s.sft)).toMatchObject({ k_start: 2, easy_share: 0.5, decision_share: 0.5, decision_tokens: 'answer', tasks: [4, 6], base: join(s.pointing, 'phase-2', 'final') });
+    expect(record(join(s.pointing, 'phase-1'))).toMatchObject({ first_stage: null });
+    expect(record(join(s.pointing, 'phase-2'))).toMatchObject({ trace_style: 'answer', K: 4, tasks: [4, 6], base: join(s.pointing, 'phase-1', 'final'), first_stage: resolve(s.trainRankings) });
+    // GRPO draws the same kind of lists as SFT.
+    expect(lines.some((l) => /^grpo: .*first-stage top-K in order/.test(l))).toBe(true);
+    // The rankings of the training queries: every one of them, ranked against train-split candidates only.
+    const trainRankings = readRankings(s.trainRankings);
+    const bench = await loadBenchmark(config.data);
+    const attributes = await readSideTable<EmojiAttributes>(join(config.data, 'attributes.jsonl'), 'did');
+    expect([...trainRankings.keys()].sort()).toEqual(bench.queries.train.map((q) => q.qid).sort());
+    for (const ids of trainRankings.values()) {
+      expect(ids.length).toBeGreaterThan(4);
+      for (const d of ids) expect(attributes.get(d)?.split).toBe('train');
+    }
+    expect(record(s.sft)).toMatchObject({ k_start: 2, easy_share: 0.5, decision_share: 0.5, decision_tokens: 'digits', trace_style: 'pointed', tasks: [4, 6], base: join(s.pointing, 'phase-2', 'final'), first_stage: resolve(s.trainRankings) });
     const table = JSON.parse(readFileSync(join(s.table, 'table.json'), 'utf8')) as { rows: { name: string; queries: number }[] };
     expect(table.rows.map((r) => r.name)).toEqual(['First stage alone', 'zero-shot reranking', 'pointing warm-up (answer-only SFT)', 'SFT', 'SFT + GRPO (full)']);
     for (const r of table.rows) expect(r.queries).toBe(2);

@@ -3,7 +3,7 @@
 // from its checkpoint (same losses as an uninterrupted run), leaves final/ loadable like
 // an align final (model + icm.safetensors), skips a finished run, trains the "no ICM, no
 // inspection" ablation, and stops with clear errors on wrong folders.
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -129,6 +129,10 @@ describe('sft stage', () => {
     await expect(runSftStage({ ...o, base: baseDir, icm: baseDir })).rejects.toThrow(/no icm\.safetensors and icm\.json there/);
     await expect(runSftStage({ ...o, base: alignDir, dataDir: join(dir, 'no-data') })).rejects.toThrow(/no meta\.json/);
     await expect(runSftStage({ ...o, base: alignDir, steps: 0 })).rejects.toThrow(/steps must be a positive integer/);
+    await expect(runSftStage({ ...o, base: alignDir, firstStage: join(dir, 'no-rankings.json') })).rejects.toThrow(/no-rankings\.json: not readable JSON/);
+    const notRankings = join(dir, 'not-rankings.json');
+    writeFileSync(notRankings, '{"4:1f600": "img:google:1f600"}');
+    await expect(runSftStage({ ...o, base: alignDir, firstStage: notRankings })).rejects.toThrow(/the ranking of 4:1f600 is not a list of did strings/);
     expect(existsSync(join(dir, 'never'))).toBe(false);
   });
 });

@@ -49,6 +49,32 @@ describe('sft', () => {
     expect(() => trainingQueries(data, [99])).toThrow(/no usable training queries of tasks 99/);
   });
 
+  it('with first-stage rankings, lists are the top K in the first stage order, and queries without a positive there are left out', () => {
+    const all = usableQueries(data);
+    const model = newModel(4);
+    // Rankings built by hand: even queries have their positive at rank 2, odd ones below the top K.
+    const pool = [...data.byDid.keys()];
+    const ranking = (q: (typeof all)[number], i: number) => {
+      const negatives = pool.filter((d) => !q.pos_cand_list.includes(d)).slice(i, i + K + 2);
+      return i % 2 === 0 ? [...negatives.slice(0, 2), q.pos_cand_list[0], ...negatives.slice(2)] : [...negatives, q.pos_cand_list[0]];
+    };
+    const firstStage = new Map(all.map((q, i) => [q.qid, ranking(q, i)]));
+    const ranked = { ...data, firstStage };
+    const kept = trainingQueries(ranked, undefined, K);
+    expect(kept.length).toBeGreaterThan(1);
+    expect(kept.map((q) => q.qid)).toEqual(all.filter((_, i) => i % 2 === 0).map((q) => q.qid));
+    for (const q of kept) {
+      for (const draw of [0, 1]) {
+        const ex = makeSftExample(model, ranked, emojis, q, { K, seed: 1, draw, maxInspections: 0, style: 'answer' });
+        expect(ex.candidateIds).toEqual(firstStage.get(q.qid)!.slice(0, K));
+        expect(ex.trace.answer).toBe(2);
+      }
+    }
+    expect(() => trainingQueries({ ...data, firstStage: new Map([[all[0].qid, firstStage.get(all[0].qid)!]]) })).toThrow(/has no first-stage ranking/);
+    const none = new Map(all.map((q, i) => [q.qid, ranking(q, 2 * i + 1)]));
+    expect(() => trainingQueries({ ...data, firstStage: none }, undefined, K)).toThrow(/no training query has a positive in its first-stage top/);
+  });
+
   it('the decision share weights exactly the digit tokens of the trace (the indices it writes), or the answer alone', async () => {
     const model = newModel(3);
     const digits = digitTokenIds(tok);

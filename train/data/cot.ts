@@ -22,7 +22,7 @@
 // Wording is drawn from several templates per step with a seeded generator; the number of
 // inspections varies (0..3, more when hard negatives are present).
 //
-// Four styles. `full` names every candidate it rules out and varies its wording: about 640
+// The styles. `full` names every candidate it rules out and varies its wording: about 640
 // tokens at K = 16 with the tiny tokenizer. `brief` keeps the four steps in fixed, short
 // forms: `Target: "name".`, one sentence ruling out every clearly wrong candidate by index
 // (`Candidates 0, 2 and 5 are wrong.`: wrong because not the target, true by
@@ -41,6 +41,13 @@
 // `answer` has no trace at all, `<think></think><answer>i</answer>`: the pointing warm-up
 // (train/pipeline.ts `pointing`), since a 2-layer model learns to point at the match only
 // when nothing stands between the prompt and the answer (README, "the SFT table").
+// `pointed` keeps that pointing and adds the look: nameless, no elimination list; the
+// candidates that show the target's emoji in another skin tone are taken in list order
+// (the first stage's, at test time) up to the answer, each inspected and its tone
+// compared, and the answer is inspected last and accepted (at most maxInspections looks:
+// the first siblings, then the answer). Without inspection the same comparisons are made
+// without a look. Its first index is a pointing decision (the first candidate showing the
+// target's emoji), so a pointing model starts it right.
 import type { MbeirQuery } from './mbeir-types.ts';
 import type { EmojiAttributes, EmojiQueryAttributes } from './emoji-benchmark.ts';
 import { type SeededRng, type Split, rngFor } from './seeded.ts';
@@ -124,8 +131,8 @@ export function candidateList(q: MbeirQuery, o: CandidateListOptions): string[] 
   return (o.shuffle ?? true) ? rng.shuffle(list) : list;
 }
 
-export type TraceStyle = 'full' | 'brief' | 'open' | 'nameless' | 'answer';
-export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief', 'open', 'nameless', 'answer'];
+export type TraceStyle = 'full' | 'brief' | 'open' | 'nameless' | 'answer' | 'pointed';
+export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief', 'open', 'nameless', 'answer', 'pointed'];
 
 export interface TraceOptions {
   seed: number;
@@ -284,6 +291,21 @@ function namelessDescribe(qa: EmojiQueryAttributes, toneMatters: boolean): strin
   return out;
 }
 
+/** The pointed style (see the opening comment): the target's other tones up to the answer, in list order, then the answer. */
+function pointedTrace(qa: EmojiQueryAttributes, infos: Info[], ans: Info, hard: Info[], maxIns: number): Trace {
+  const siblings = infos.filter((c) => c.sameBase && c.i < ans.i && c.a.skin_tone !== qa.skin_tone);
+  const looked = maxIns > 0 ? [...siblings.slice(0, maxIns - 1), ans] : [...siblings, ans];
+  const sentences = namelessDescribe(qa, siblings.length > 0);
+  for (const c of looked) {
+    if (maxIns > 0) sentences.push(`${INSPECT_START}${c.i}${INSPECT_END}`);
+    const C = cap(cand(c.i));
+    if (c !== ans) sentences.push(`${C} has ${toneOf(c.a.skin_tone)}, but the ${qa.task_id === 6 ? 'query asks for' : 'target has'} ${toneOf(qa.skin_tone)}.`);
+    else sentences.push(siblings.length ? `${C} has ${toneOf(c.a.skin_tone)} and matches the query.` : `${C} matches the query.`);
+  }
+  const text = `<think>${sentences.join(' ')}</think><answer>${ans.i}</answer>`;
+  return { text, answer: ans.i, inspections: maxIns > 0 ? looked.map((c) => c.i) : [], hard: hard.map((c) => c.i), sentences };
+}
+
 /**
  * A trace for query `query` over `candidates` (dids, in prompt order). Throws when no
  * candidate is a positive or a candidate has no attributes.
@@ -302,7 +324,7 @@ export function synthesizeTrace(
   const style = opts.style ?? 'full';
   if (!TRACE_STYLES.includes(style)) throw new RangeError(`synthesizeTrace: unknown style '${style}' (${TRACE_STYLES.join(', ')})`);
   const brief = style !== 'full';
-  const named = style !== 'nameless';
+  const named = style !== 'nameless' && style !== 'pointed';
   const pos = new Set(query.pos_cand_list);
   const infos: Info[] = candidates.map((d, i) => {
     const a = attributes.get(d);
@@ -317,6 +339,7 @@ export function synthesizeTrace(
   const ans = infos[answer];
   const hard = infos.filter((c) => c.hard);
   if (style === 'answer') return { text: `<think></think><answer>${answer}</answer>`, answer, inspections: [], hard: hard.map((c) => c.i), sentences: [] };
+  if (style === 'pointed') return pointedTrace(qa, infos, ans, hard, maxIns);
   // Same base first (skin tones are the details that need a look), then the rest in a seeded order.
   const hardOrder = [...hard.filter((c) => c.sameBase), ...rng.shuffle(hard.filter((c) => !c.sameBase))];
 

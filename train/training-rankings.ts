@@ -1,0 +1,131 @@
+// First-stage rankings of the training queries, so the reranker can be trained on the
+// lists it meets at test time: the retriever's top K, in the retriever's order. Without
+// them training lists are the positive, its hard negatives and random fillers, shuffled,
+// and the reranker cannot learn how far to trust the order it is given (on task 6 the
+// first stage tells skin tones apart better than the ICM's two tokens do).
+//
+// Each training query ranks its task's local pool restricted to the train split, so a
+// training list never shows a validation or test candidate. The retriever was trained on
+// these queries, so its recall here is above its test recall; the command prints both
+// sides' recall so the gap is seen (train/eval/first-stage-eval.ts gives the test side).
+//
+//   npx tsx train/training-rankings.ts --retriever runs/<run>/retriever/final
+//     --out runs/<run>/first-stage/train-rankings.json [--data data/emoji-mbeir]
+//     [--tasks 4,6] [--depth 32]
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { init } from '../runtime/index.ts';
+import { Retriever } from '../model/retriever.ts';
+import { type EmojiAttributes, loadBenchmark, readSideTable } from './data/emoji-benchmark.ts';
+import { ImageStore, candidateInput, queryInput } from './data/inputs.ts';
+import { parseTaskIds } from './data/mbeir.ts';
+import type { MbeirQuery } from './data/mbeir-types.ts';
+import { writeJsonAtomic } from './atomic-write.ts';
+import { type RecallReport, computeRecall, formatRecallTable } from './eval/recall.ts';
+import { rankGroupsWithRetriever } from './retriever.ts';
+
+export interface TrainingRankingsOptions {
+  /** The retriever checkpoint folder (retriever/final). */
+  retriever: string;
+  /** The emoji benchmark folder (needs attributes.jsonl for each candidate's split). */
+  dataDir: string;
+  /** Rank the training queries of these tasks only (default every task). */
+  tasks?: readonly number[];
+  /** Ids kept per query (default 32). */
+  depth?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export async function trainingRankings(o: TrainingRankingsOptions): Promise<{ rankings: Map<string, string[]>; recall: RecallReport; queries: MbeirQuery[] }> {
+  const depth = o.depth ?? 32;
+  if (!Number.isInteger(depth) || depth < 1) throw new RangeError(`training rankings: depth must be a positive integer, got ${depth}`);
+  if (!existsSync(join(o.retriever, 'config.json'))) throw new Error(`retriever ${o.retriever}: no config.json, not a checkpoint folder`);
+  const attrPath = join(o.dataDir, 'attributes.jsonl');
+  if (!existsSync(attrPath)) throw new Error(`${attrPath} is missing: the split of each candidate comes from the emoji benchmark's attributes`);
+  const bench = await loadBenchmark(o.dataDir);
+  const attributes = await readSideTable<EmojiAttributes>(attrPath, 'did');
+  const byDid = new Map(bench.pool.map((c) => [c.did, c]));
+  const queries = bench.queries.train.filter((q) => !o.tasks || o.tasks.includes(q.task_id));
+  if (!queries.length) throw new Error(`${o.dataDir}: no training query${o.tasks ? ` of tasks ${o.tasks.join(', ')}` : ''}`);
+  const tasks = [...new Set(queries.map((q) => q.task_id))].sort((a, b) => a - b);
+  const retriever = await Retriever.load(o.retriever);
+  try {
+    const v = retriever.config.vision;
+    const images = new ImageStore({ root: bench.imageRoot, patchSize: v.patchSize, mergeSize: v.mergeSize, size: retriever.config.imageSize });
+    const groups = tasks.map((t) => {
+      const pool = (bench.taskPools.get(t) ?? [...byDid.keys()]).filter((d) => attributes.get(d)?.split === 'train');
+      if (!pool.length) throw new Error(`${o.dataDir}: task ${t} has no train-split candidate`);
+      return {
+        pool: pool.map((d) => ({ id: d, input: () => candidateInput(byDid.get(d)!, images) })),
+        queries: queries.filter((q) => q.task_id === t).map((q) => ({ qid: q.qid, input: queryInput(q, images) })),
+        k: depth,
+      };
+    });
+    const rankings = await rankGroupsWithRetriever(retriever, groups, { batchSize: 64, onProgress: o.onProgress });
+    return { rankings, recall: computeRecall(queries, rankings, [1, 5, 10, 16]), queries };
+  } finally {
+    retriever.dispose();
+  }
+}
+
+/** Rankings as a JSON object { "<qid>": ["<did>", ...] } (best first), written atomically. */
+export function writeRankings(path: string, rankings: ReadonlyMap<string, readonly string[]>): void {
+  writeJsonAtomic(path, Object.fromEntries(rankings));
+}
+
+/** First-stage rankings from a JSON file: { "<qid>": ["<did>", ...], ... } (best first). */
+export function readRankings(path: string): Map<string, string[]> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new Error(`${path}: not readable JSON (${(e as Error).message})`);
+  }
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new Error(`${path}: expected an object { qid: [did, ...] }`);
+  const out = new Map<string, string[]>();
+  for (const [qid, v] of Object.entries(raw as Record<string, unknown>)) {
+    if (!Array.isArray(v) || v.some((d) => typeof d !== 'string')) throw new Error(`${path}: the ranking of ${qid} is not a list of did strings`);
+    out.set(qid, v as string[]);
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  const { values: a } = parseArgs({
+    options: {
+      retriever: { type: 'string' },
+      out: { type: 'string' },
+      data: { type: 'string', default: 'data/emoji-mbeir' },
+      tasks: { type: 'string' },
+      depth: { type: 'string', default: '32' },
+    },
+  });
+  if (!a.retriever || !a.out) throw new Error('usage: npx tsx train/training-rankings.ts --retriever <retriever final> --out <rankings.json> [--data DIR] [--tasks 4,6] [--depth 32]');
+  await init();
+  const t0 = performance.now();
+  let last = 0;
+  const r = await trainingRankings({
+    retriever: a.retriever,
+    dataDir: a.data!,
+    tasks: a.tasks ? parseTaskIds(a.tasks, '--tasks') : undefined,
+    depth: Number(a.depth),
+    onProgress: (done, total) => {
+      if (done === total || performance.now() - last > 5000) {
+        last = performance.now();
+        console.log(`embedding the train-split pools: ${done}/${total}`);
+      }
+    },
+  });
+  writeRankings(a.out, r.rankings);
+  console.log(formatRecallTable({ 'first stage (training queries, train-split pools)': r.recall }));
+  console.log(`${r.rankings.size} rankings -> ${a.out} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main().catch((e) => {
+    console.error(e instanceof Error ? e.message : e);
+    process.exit(1);
+  });
+}
