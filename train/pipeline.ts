@@ -423,7 +423,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
       trainingRankings({ retriever: dir, dataDir: c.data, depth: 32, onProgress: (done, total) => p.update(0, { 'embedding the train-split pools': `${done}/${total}` }) }),
     );
     writeRankings(s.trainRankings, r.rankings);
-    log(formatRecallTable({ 'first stage': r.recall }, `first stage, training queries against the train-split pools (the retriever trained on them), ${r.queries.length} queries`));
+    log(formatRecallTable({ 'first stage': r.recall }, 'first stage, training queries against the train-split pools (the retriever trained on them)'));
   }
 
   // ICM self-alignment.

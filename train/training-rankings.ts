@@ -21,7 +21,6 @@ import { Retriever } from '../model/retriever.ts';
 import { type EmojiAttributes, loadBenchmark, readSideTable } from './data/emoji-benchmark.ts';
 import { ImageStore, candidateInput, queryInput } from './data/inputs.ts';
 import { parseTaskIds } from './data/mbeir.ts';
-import type { MbeirQuery } from './data/mbeir-types.ts';
 import { writeJsonAtomic } from './atomic-write.ts';
 import { type RecallReport, computeRecall, formatRecallTable } from './eval/recall.ts';
 import { rankGroupsWithRetriever } from './retriever.ts';
@@ -38,7 +37,7 @@ export interface TrainingRankingsOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-export async function trainingRankings(o: TrainingRankingsOptions): Promise<{ rankings: Map<string, string[]>; recall: RecallReport; queries: MbeirQuery[] }> {
+export async function trainingRankings(o: TrainingRankingsOptions): Promise<{ rankings: Map<string, string[]>; recall: RecallReport }> {
   const depth = o.depth ?? 32;
   if (!Number.isInteger(depth) || depth < 1) throw new RangeError(`training rankings: depth must be a positive integer, got ${depth}`);
   if (!existsSync(join(o.retriever, 'config.json'))) throw new Error(`retriever ${o.retriever}: no config.json, not a checkpoint folder`);
@@ -64,7 +63,7 @@ export async function trainingRankings(o: TrainingRankingsOptions): Promise<{ ra
       };
     });
     const rankings = await rankGroupsWithRetriever(retriever, groups, { batchSize: 64, onProgress: o.onProgress });
-    return { rankings, recall: computeRecall(queries, rankings, [1, 5, 10, 16]), queries };
+    return { rankings, recall: computeRecall(queries, rankings, [1, 5, 10, 16]) };
   } finally {
     retriever.dispose();
   }
