@@ -74,7 +74,7 @@ export interface PipelineConfig {
    */
   pointing: PointingPhase[];
   /**
-   * traceStyle: the synthetic traces' wording (train/data/cot.ts: full, brief, open, nameless, answer or pointed). kStart:
+   * traceStyle: the synthetic traces' wording (train/data/cot.ts: full, brief, open, nameless, answer, pointed or looks). kStart:
    * the K curriculum's first list length (train/sft.ts curriculumK; eval.K = none).
    * easyShare: the share of the steps, from the start, whose lists take random negatives
    * instead of hard ones (train/sft.ts randomNegativeSteps; 0 = none). tasks: train on these

@@ -234,7 +234,7 @@ describe('synthetic chains of thought', () => {
     expect(() => synthesizeTrace(train[0], qattrs.get(train[0].qid)!, makeTrace(train[0]).cands, attrs, emojis, { seed: 1, style: 'terse' as TraceStyle })).toThrow(/unknown style 'terse'/);
   });
 
-  it('the pointed style looks at the target\'s other tones in list order up to the answer, then at the answer', () => {
+  it('the pointed style looks at the target\'s other tones in list order up to the answer, then at the answer; the looks style is its looks alone', () => {
     let withSiblings = 0;
     for (const q of train) {
       const qa = qattrs.get(q.qid)!;
@@ -253,6 +253,13 @@ describe('synthetic chains of thought', () => {
       if (before.length <= 2) expect(plain.sentences).toEqual(trace.sentences.filter((x) => !x.startsWith('<inspection')));
     }
     expect(withSiblings).toBeGreaterThan(train.length / 20);
+    // The looks style: the same looks and answer, nothing else.
+    for (const q of train.slice(0, 100)) {
+      const p = makeTrace(q, 0, 3, 'pointed').trace;
+      const l = makeTrace(q, 0, 3, 'looks').trace;
+      expect(l.text).toBe(`<think>${p.inspections.map((i) => `<inspection-index-start>${i}<inspection-index-end>`).join(' ')}</think><answer>${p.answer}</answer>`);
+      expect({ answer: l.answer, inspections: l.inspections }).toEqual({ answer: p.answer, inspections: p.inspections });
+    }
   });
 
   it('the answer style is the answer alone, the same answer and hard negatives as a traced one', () => {

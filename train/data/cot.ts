@@ -47,7 +47,9 @@
 // compared, and the answer is inspected last and accepted (at most maxInspections looks:
 // the first siblings, then the answer). Without inspection the same comparisons are made
 // without a look. Its first index is a pointing decision (the first candidate showing the
-// target's emoji), so a pointing model starts it right.
+// target's emoji), so a pointing model starts it right. `looks` is `pointed` without a
+// word: the inspection markers alone, then the answer, so nothing is copied but indices
+// (without inspection it is the answer style).
 import type { MbeirQuery } from './mbeir-types.ts';
 import type { EmojiAttributes, EmojiQueryAttributes } from './emoji-benchmark.ts';
 import { type SeededRng, type Split, rngFor } from './seeded.ts';
@@ -131,8 +133,8 @@ export function candidateList(q: MbeirQuery, o: CandidateListOptions): string[] 
   return (o.shuffle ?? true) ? rng.shuffle(list) : list;
 }
 
-export type TraceStyle = 'full' | 'brief' | 'open' | 'nameless' | 'answer' | 'pointed';
-export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief', 'open', 'nameless', 'answer', 'pointed'];
+export type TraceStyle = 'full' | 'brief' | 'open' | 'nameless' | 'answer' | 'pointed' | 'looks';
+export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief', 'open', 'nameless', 'answer', 'pointed', 'looks'];
 
 export interface TraceOptions {
   seed: number;
@@ -324,7 +326,7 @@ export function synthesizeTrace(
   const style = opts.style ?? 'full';
   if (!TRACE_STYLES.includes(style)) throw new RangeError(`synthesizeTrace: unknown style '${style}' (${TRACE_STYLES.join(', ')})`);
   const brief = style !== 'full';
-  const named = style !== 'nameless' && style !== 'pointed';
+  const named = style !== 'nameless' && style !== 'pointed' && style !== 'looks';
   const pos = new Set(query.pos_cand_list);
   const infos: Info[] = candidates.map((d, i) => {
     const a = attributes.get(d);
@@ -339,7 +341,12 @@ export function synthesizeTrace(
   const ans = infos[answer];
   const hard = infos.filter((c) => c.hard);
   if (style === 'answer') return { text: `<think></think><answer>${answer}</answer>`, answer, inspections: [], hard: hard.map((c) => c.i), sentences: [] };
-  if (style === 'pointed') return pointedTrace(qa, infos, ans, hard, maxIns);
+  if (style === 'pointed' || style === 'looks') {
+    const t = pointedTrace(qa, infos, ans, hard, maxIns);
+    if (style === 'pointed') return t;
+    const sentences = t.sentences.filter((x) => x.startsWith(INSPECT_START));
+    return { ...t, sentences, text: `<think>${sentences.join(' ')}</think><answer>${t.answer}</answer>` };
+  }
   // Same base first (skin tones are the details that need a look), then the rest in a seeded order.
   const hardOrder = [...hard.filter((c) => c.sameBase), ...rng.shuffle(hard.filter((c) => !c.sameBase))];
 
