@@ -72,7 +72,7 @@ import { DEFAULT_CLIP, DEFAULT_KL_BETA, batchAdvantages, completionReward, curri
 import { loadOptimizerState, saveRunState, savedStep, trainStep } from './run-state.ts';
 import { batchQueries, loadSftCheckpointInto } from './sft.ts';
 import { loadSftData } from './sft-stage.ts';
-import { readRankings } from './training-rankings.ts';
+import { positiveInTopK, readRankings } from './training-rankings.ts';
 
 /** What the prompts are drawn from (the train split). An SftData fits. */
 export interface GrpoData {
@@ -194,7 +194,7 @@ export function sampleSeed(seed: number, step: number): number {
 export function grpoQueries(data: GrpoData, K = 16): MbeirQuery[] {
   const ranked = (q: MbeirQuery) => {
     const r = data.firstStage?.get(q.qid);
-    return !r || r.slice(0, K).some((d) => q.pos_cand_list.includes(d));
+    return !r || positiveInTopK(q, r, K);
   };
   return data.queries.filter((q) => q.pos_cand_list.length && q.pos_cand_list.some((d) => data.byDid.has(d)) && data.byDid.has(q.pos_cand_list[0]) && ranked(q));
 }

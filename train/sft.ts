@@ -36,6 +36,7 @@ import { type ImageStore, candidateInput, queryInput } from './data/inputs.ts';
 import type { MbeirCandidate, MbeirQuery } from './data/mbeir-types.ts';
 import { rngFor } from './data/seeded.ts';
 import { loadOptimizerState, saveRunState, savedStep, trainStep } from './run-state.ts';
+import { positiveInTopK } from './training-rankings.ts';
 
 export type { CompressFactory };
 
@@ -307,7 +308,7 @@ export function trainingQueries(data: SftData, tasks?: readonly number[], K?: nu
   if (ranked) {
     const unranked = queries.find((q) => !ranked.has(q.qid));
     if (unranked) throw new Error(`sft: query ${unranked.qid} (task ${unranked.task_id}) has no first-stage ranking; rank every training query${of}`);
-    queries = queries.filter((q) => ranked.get(q.qid)!.slice(0, K ?? 16).some((d) => q.pos_cand_list.includes(d)));
+    queries = queries.filter((q) => positiveInTopK(q, ranked.get(q.qid)!, K ?? 16));
     if (!queries.length) throw new Error(`sft: no training query${of} has a positive in its first-stage top ${K ?? 16}`);
   }
   return queries;

@@ -6,8 +6,9 @@
 //
 // Each training query ranks its task's local pool restricted to the train split, so a
 // training list never shows a validation or test candidate. The retriever was trained on
-// these queries, so its recall here is above its test recall; the command prints both
-// sides' recall so the gap is seen (train/eval/first-stage-eval.ts gives the test side).
+// these queries, so its recall here is above its test recall; the command prints the
+// training side's recall so the gap can be seen beside the test side's
+// (train/eval/first-stage-eval.ts).
 //
 //   npx tsx train/training-rankings.ts --retriever runs/<run>/retriever/final
 //     --out runs/<run>/first-stage/train-rankings.json [--data data/emoji-mbeir]
@@ -67,6 +68,11 @@ export async function trainingRankings(o: TrainingRankingsOptions): Promise<{ ra
   } finally {
     retriever.dispose();
   }
+}
+
+/** Whether a query's first-stage top K holds one of its positives (else its list has nothing to choose). */
+export function positiveInTopK(q: { pos_cand_list: readonly string[] }, ranking: readonly string[], K: number): boolean {
+  return ranking.slice(0, K).some((d) => q.pos_cand_list.includes(d));
 }
 
 /** Rankings as a JSON object { "<qid>": ["<did>", ...] } (best first), written atomically. */
