@@ -54,7 +54,7 @@ const config: PipelineConfig = {
   seed: num('seed', a.seed),
   pretrain: { steps: num('pretrain-steps', a['pretrain-steps'], 1), batch, lr: 3e-3 },
   retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching, embedDim: num('embed-dim', a['embed-dim'], 1), keywordShare: share },
-  firstStage: { perTask: num('eval-per-task', a['eval-per-task']) },
+  firstStage: { perTask: num('eval-per-task', a['eval-per-task']), crossFit: 0 },
 };
 await runPipeline({
   config,

@@ -31,6 +31,7 @@ import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable
 import { ImageStore } from './data/inputs.ts';
 import { TRACE_STYLES, type TraceStyle } from './data/cot.ts';
 import { queriesOfTasks } from './data/mbeir.ts';
+import type { MbeirQuery } from './data/mbeir-types.ts';
 import { writeJsonAtomic } from './atomic-write.ts';
 import { evaluateFirstStage } from './eval/first-stage-eval.ts';
 import { formatRecallTable } from './eval/recall.ts';
@@ -43,7 +44,8 @@ import { DECISION_TOKENS, type DecisionTokens } from './sft.ts';
 import { grpoTrain, loadGrpoData, loadGrpoModels } from './grpo.ts';
 import { type Progress, withProgress } from './progress.ts';
 import { writePipelineReport } from './pipeline-report.ts';
-import { readRankings, trainingRankings, writeRankings } from './training-rankings.ts';
+import { crossFitRankings, readRankings, trainingRankings, writeRankings } from './training-rankings.ts';
+import { foldOfBase, foldOfQuery, queryFolds } from './cross-fit.ts';
 
 export interface PipelineConfig {
   /** Model preset (model/presets.ts). */
@@ -60,8 +62,13 @@ export interface PipelineConfig {
    * (train/retriever.ts withKeywordPairs; 0 = none).
    */
   retriever: { steps: number; batch: number; lr: number; pooling: Pooling; batching: RetrieverBatching; embedDim: number; keywordShare: number };
-  /** Test queries per task for the first-stage recall table (0 = all). */
-  firstStage: { perTask: number };
+  /**
+   * perTask: test queries per task for the first-stage recall table (0 = all). crossFit: 0
+   * ranks the training queries (for the stages with firstStage lists) with the retriever
+   * itself, which saw them; F >= 2 trains F more retrievers, the i-th without fold i of the
+   * training queries (train/cross-fit.ts), and ranks each fold with the one that never saw it.
+   */
+  firstStage: { perTask: number; crossFit: number };
   /** centre: the new ICM centres its rows over each list (model/icm.ts IcmConfig.centre). */
   align: { steps: number; batch: number; lr: number; centre: boolean };
   /**
@@ -122,7 +129,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     seed: 1,
     pretrain: { steps: 300, batch: 16, lr: 3e-3 },
     retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0 },
-    firstStage: { perTask: 40 },
+    firstStage: { perTask: 40, crossFit: 0 },
     align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
     pointing: [],
     sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16, easyShare: 0, tasks: null, answerShare: 0, decisionTokens: 'answer', firstStage: false },
@@ -138,7 +145,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     seed: 1,
     pretrain: { steps: 450, batch: 16, lr: 2e-3 },
     retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0 },
-    firstStage: { perTask: 0 },
+    firstStage: { perTask: 0, crossFit: 0 },
     align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
     pointing: [],
     sft: { steps: 60, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 4, easyShare: 0.5, tasks: null, answerShare: 0, decisionTokens: 'answer', firstStage: false },
@@ -216,6 +223,9 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   if (!POOLINGS.includes(cfg.retriever.pooling)) throw new Error(`${nameOrFile}.retriever.pooling: '${cfg.retriever.pooling}' is not one of ${POOLINGS.join(', ')}`);
   if (!Number.isInteger(cfg.retriever.embedDim) || cfg.retriever.embedDim < 1) throw new Error(`${nameOrFile}.retriever.embedDim: ${cfg.retriever.embedDim} must be a positive integer`);
   if (!(cfg.retriever.keywordShare >= 0 && cfg.retriever.keywordShare < 1)) throw new Error(`${nameOrFile}.retriever.keywordShare: ${cfg.retriever.keywordShare} must be a number from 0 (none) to below 1`);
+  if (!Number.isInteger(cfg.firstStage.crossFit) || cfg.firstStage.crossFit < 0 || cfg.firstStage.crossFit === 1) {
+    throw new Error(`${nameOrFile}.firstStage.crossFit: ${JSON.stringify(cfg.firstStage.crossFit)} must be 0 (rank with the retriever itself) or a number of folds from 2`);
+  }
   if (!RETRIEVER_BATCHINGS.includes(cfg.retriever.batching)) throw new Error(`${nameOrFile}.retriever.batching: '${cfg.retriever.batching}' is not one of ${RETRIEVER_BATCHINGS.join(', ')}`);
   if (!TRACE_STYLES.includes(cfg.sft.traceStyle)) throw new Error(`${nameOrFile}.sft.traceStyle: '${cfg.sft.traceStyle}' is not one of ${TRACE_STYLES.join(', ')}`);
   if (!Number.isInteger(cfg.sft.kStart) || cfg.sft.kStart < 1 || cfg.sft.kStart > cfg.eval.K) {
@@ -273,6 +283,9 @@ export const TRAIN_RANKINGS_FILE = 'train-rankings.json';
 
 /** Whether any training stage of the config draws its lists from the training queries' rankings. */
 export const usesTrainRankings = (c: PipelineConfig) => c.sft.firstStage || c.pointing.some((ph) => ph.firstStage);
+
+/** The folder of the retriever trained without fold i of F (cross-fitted training rankings). */
+export const heldOutRetrieverDir = (runDir: string, i: number, F: number) => join(stageDirs(runDir).retriever, `without-fold-${i}-of-${F}`);
 
 /** The folder of pointing phase i (from 0) inside a pointing stage folder. */
 export const pointingPhaseDir = (dir: string, i: number) => join(dir, `phase-${i + 1}`);
@@ -370,27 +383,44 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
     );
   } else if (want.has('pretrain')) log(`pretrain: done (${join(s.pretrain, 'final')})`);
 
-  // First-stage retriever.
-  if (want.has('retriever') && !hasModel(s.retriever)) {
+  // First-stage retriever; with cross-fitted training rankings, one more per held-out fold.
+  const crossFit = usesTrainRankings(c) ? c.firstStage.crossFit : 0;
+  const trainRetrieverInto = async (outDir: string, label: string, keep: (q: MbeirQuery) => boolean, keepName: (base: string) => boolean) => {
     const base = input(s.pretrain, 'the pre-trained base model', 'retriever');
-    let source = benchmarkTripleSource(bench.queries.train, byDid, images, c.seed, c.retriever.batching);
-    if (c.retriever.keywordShare > 0) source = withKeywordPairs(source, await keywordPairNames(c.data), byDid, images, c.retriever.keywordShare, c.seed);
-    await run('retriever', c.retriever.steps, async (p) => {
+    const queries = bench.queries.train.filter(keep);
+    let source = benchmarkTripleSource(queries, byDid, images, c.seed, c.retriever.batching);
+    const names = c.retriever.keywordShare > 0 ? await keywordPairNames(c.data, keepName) : [];
+    if (names.length) source = withKeywordPairs(source, names, byDid, images, c.retriever.keywordShare, c.seed);
+    log(`${label}: ${queries.length} training queries${names.length ? `, keyword pairs of ${names.length} names` : ''}`);
+    await run(label, c.retriever.steps, async (p) => {
       const { retriever } = await trainRetriever(() => Retriever.fromBase(base, c.retriever.embedDim, c.seed, undefined, c.retriever.pooling), source, {
         steps: c.retriever.steps,
         batchSize: c.retriever.batch,
         lr: c.retriever.lr,
-        outDir: s.retriever,
+        outDir,
         checkpointEvery: 50,
         resume: true,
         logEvery: 0,
         log: via(p),
         onStep: (x) => p.update(x.step, { loss: x.loss, 'in-batch acc': x.accuracy }), // step counts from 1 here
       });
-      await retriever.save(join(s.retriever, 'final'));
+      await retriever.save(join(outDir, 'final'));
       retriever.dispose();
     });
-  } else if (want.has('retriever')) log(`retriever: done (${join(s.retriever, 'final')})`);
+  };
+  if (want.has('retriever') && !hasModel(s.retriever)) await trainRetrieverInto(s.retriever, 'retriever', () => true, () => true);
+  else if (want.has('retriever')) log(`retriever: done (${join(s.retriever, 'final')})`);
+  if (want.has('retriever') && crossFit) {
+    const folds = await queryFolds(c.data, crossFit);
+    for (let i = 0; i < crossFit; i++) {
+      const dir = heldOutRetrieverDir(o.runDir, i, crossFit);
+      if (hasModel(dir)) {
+        log(`retriever without fold ${i} of ${crossFit}: done (${join(dir, 'final')})`);
+        continue;
+      }
+      await trainRetrieverInto(dir, `retriever without fold ${i} of ${crossFit}`, (q) => foldOfQuery(folds, q.qid) !== i, (b) => foldOfBase(b, crossFit) !== i);
+    }
+  }
 
   // First-stage recall with baselines.
   if (want.has('first-stage') && !existsSync(join(s.firstStage, 'first-stage-recall.json'))) {
@@ -418,12 +448,16 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
   } else if (want.has('first-stage')) log(`first-stage: done (${s.firstStage})`);
   // Rankings of the training queries, for the stages that train on first-stage lists.
   if (want.has('first-stage') && usesTrainRankings(c) && !existsSync(s.trainRankings)) {
-    const dir = input(s.retriever, 'the trained retriever', 'first-stage');
-    const r = await run('first stage, training queries', 1, (p) =>
-      trainingRankings({ retriever: dir, dataDir: c.data, depth: 32, onProgress: (done, total) => p.update(0, { 'embedding the train-split pools': `${done}/${total}` }) }),
-    );
+    const r = await run('first stage, training queries', 1, (p) => {
+      const common = { dataDir: c.data, depth: 32, onProgress: (done: number, total: number) => p.update(0, { 'embedding the train-split pools': `${done}/${total}` }) };
+      if (!crossFit) return trainingRankings({ ...common, retriever: input(s.retriever, 'the trained retriever', 'first-stage') });
+      // Not --ckpt: each fold needs its own retriever, the one the retriever stage trained without it.
+      const retrievers = Array.from({ length: crossFit }, (_, i) => need(heldOutRetrieverDir(o.runDir, i, crossFit), `the retriever without fold ${i} of ${crossFit}`, 'first-stage'));
+      return crossFitRankings({ ...common, retrievers });
+    });
     writeRankings(s.trainRankings, r.rankings);
-    log(formatRecallTable({ 'first stage': r.recall }, 'first stage, training queries against the train-split pools (the retriever trained on them)'));
+    const how = crossFit ? `each of ${crossFit} folds ranked by a retriever trained without it` : 'the retriever trained on them';
+    log(formatRecallTable({ 'first stage': r.recall }, `first stage, training queries against the train-split pools (${how})`));
   }
 
   // ICM self-alignment.

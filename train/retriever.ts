@@ -401,11 +401,14 @@ export interface KeywordPairName {
   subcategory: string;
 }
 
-/** The training names of a benchmark folder's attributes.jsonl, for withKeywordPairs. */
-export async function keywordPairNames(dataDir: string): Promise<KeywordPairName[]> {
+/**
+ * The training names of a benchmark folder's attributes.jsonl, for withKeywordPairs; `keep`
+ * (on the tone-free base code) leaves out the emojis of a held-out fold (train/cross-fit.ts).
+ */
+export async function keywordPairNames(dataDir: string, keep: (base: string) => boolean = () => true): Promise<KeywordPairName[]> {
   const file = join(dataDir, 'attributes.jsonl');
   if (!existsSync(file)) throw new Error(`keyword pairs need the names' keywords in ${file}, which this benchmark lacks: set the keyword share to 0`);
-  return [...(await readSideTable<EmojiAttributes>(file, 'did')).values()].filter((x) => x.kind === 'name' && x.split === 'train');
+  return [...(await readSideTable<EmojiAttributes>(file, 'did')).values()].filter((x) => x.kind === 'name' && x.split === 'train' && keep(x.base));
 }
 
 /**

@@ -8,9 +8,12 @@
 // training list never shows a validation or test candidate. The retriever was trained on
 // these queries, so its recall here is above its test recall; the command prints the
 // training side's recall so the gap can be seen beside the test side's
-// (train/eval/first-stage-eval.ts).
+// (train/eval/first-stage-eval.ts). Cross-fitted rankings (train/cross-fit.ts) close that
+// gap: --cross-fit takes F retrievers, the i-th trained without fold i of F, and ranks each
+// fold's queries with the retriever that never saw them.
 //
-//   npx tsx train/training-rankings.ts --retriever runs/<run>/retriever/final
+//   npx tsx train/training-rankings.ts (--retriever runs/<run>/retriever/final
+//       | --cross-fit <retriever without fold 0>,<... without fold 1>[,...])
 //     --out runs/<run>/first-stage/train-rankings.json [--data data/emoji-mbeir]
 //     [--tasks 4,6] [--depth 32]
 import { existsSync, readFileSync } from 'node:fs';
@@ -25,6 +28,7 @@ import { parseTaskIds } from './data/mbeir.ts';
 import { writeJsonAtomic } from './atomic-write.ts';
 import { type RecallReport, computeRecall, formatRecallTable } from './eval/recall.ts';
 import { rankGroupsWithRetriever } from './retriever.ts';
+import { foldOfQuery, queryFolds } from './cross-fit.ts';
 
 export interface TrainingRankingsOptions {
   /** The retriever checkpoint folder (retriever/final). */
@@ -35,6 +39,8 @@ export interface TrainingRankingsOptions {
   tasks?: readonly number[];
   /** Ids kept per query (default 32). */
   depth?: number;
+  /** Rank only the training queries this keeps (default all). */
+  keep?: (qid: string) => boolean;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -47,8 +53,8 @@ export async function trainingRankings(o: TrainingRankingsOptions): Promise<{ ra
   const bench = await loadBenchmark(o.dataDir);
   const attributes = await readSideTable<EmojiAttributes>(attrPath, 'did');
   const byDid = new Map(bench.pool.map((c) => [c.did, c]));
-  const queries = bench.queries.train.filter((q) => !o.tasks || o.tasks.includes(q.task_id));
-  if (!queries.length) throw new Error(`${o.dataDir}: no training query${o.tasks ? ` of tasks ${o.tasks.join(', ')}` : ''}`);
+  const queries = bench.queries.train.filter((q) => (!o.tasks || o.tasks.includes(q.task_id)) && (!o.keep || o.keep(q.qid)));
+  if (!queries.length) throw new Error(`${o.dataDir}: no training query${o.tasks ? ` of tasks ${o.tasks.join(', ')}` : ''}${o.keep ? ' in the chosen fold' : ''}`);
   const tasks = [...new Set(queries.map((q) => q.task_id))].sort((a, b) => a - b);
   const retriever = await Retriever.load(o.retriever);
   try {
@@ -68,6 +74,24 @@ export async function trainingRankings(o: TrainingRankingsOptions): Promise<{ ra
   } finally {
     retriever.dispose();
   }
+}
+
+/**
+ * Cross-fitted rankings: retrievers[i] was trained without fold i of F = retrievers.length
+ * (train/cross-fit.ts) and ranks that fold's queries; the recall is over all of them.
+ */
+export async function crossFitRankings(o: Omit<TrainingRankingsOptions, 'retriever' | 'keep'> & { retrievers: readonly string[] }): Promise<{ rankings: Map<string, string[]>; recall: RecallReport }> {
+  const F = o.retrievers.length;
+  if (F < 2) throw new RangeError(`cross-fitted rankings need at least 2 retrievers (one per held-out fold), got ${F}`);
+  const folds = await queryFolds(o.dataDir, F);
+  const rankings = new Map<string, string[]>();
+  for (let i = 0; i < F; i++) {
+    const part = await trainingRankings({ ...o, retriever: o.retrievers[i], keep: (qid) => foldOfQuery(folds, qid) === i });
+    for (const [qid, r] of part.rankings) rankings.set(qid, r);
+  }
+  const bench = await loadBenchmark(o.dataDir);
+  const queries = bench.queries.train.filter((q) => rankings.has(q.qid));
+  return { rankings, recall: computeRecall(queries, rankings, [1, 5, 10, 16]) };
 }
 
 /** Whether a query's first-stage top K holds one of its positives (else its list has nothing to choose). */
@@ -101,30 +125,33 @@ async function main(): Promise<void> {
   const { values: a } = parseArgs({
     options: {
       retriever: { type: 'string' },
+      'cross-fit': { type: 'string' },
       out: { type: 'string' },
       data: { type: 'string', default: 'data/emoji-mbeir' },
       tasks: { type: 'string' },
       depth: { type: 'string', default: '32' },
     },
   });
-  if (!a.retriever || !a.out) throw new Error('usage: npx tsx train/training-rankings.ts --retriever <retriever final> --out <rankings.json> [--data DIR] [--tasks 4,6] [--depth 32]');
+  if (!(a.retriever || a['cross-fit']) || (a.retriever && a['cross-fit']) || !a.out) {
+    throw new Error('usage: npx tsx train/training-rankings.ts (--retriever <retriever final> | --cross-fit <without fold 0>,<without fold 1>[,...]) --out <rankings.json> [--data DIR] [--tasks 4,6] [--depth 32]');
+  }
   await init();
   const t0 = performance.now();
   let last = 0;
-  const r = await trainingRankings({
-    retriever: a.retriever,
+  const common = {
     dataDir: a.data!,
     tasks: a.tasks ? parseTaskIds(a.tasks, '--tasks') : undefined,
     depth: Number(a.depth),
-    onProgress: (done, total) => {
+    onProgress: (done: number, total: number) => {
       if (done === total || performance.now() - last > 5000) {
         last = performance.now();
         console.log(`embedding the train-split pools: ${done}/${total}`);
       }
     },
-  });
+  };
+  const r = a.retriever ? await trainingRankings({ ...common, retriever: a.retriever }) : await crossFitRankings({ ...common, retrievers: a['cross-fit']!.split(',') });
   writeRankings(a.out, r.rankings);
-  console.log(formatRecallTable({ 'first stage (training queries, train-split pools)': r.recall }));
+  console.log(formatRecallTable({ [`first stage (training queries, train-split pools${a.retriever ? '' : ', cross-fitted'})`]: r.recall }));
   console.log(`${r.rankings.size} rankings -> ${a.out} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
 }
 

@@ -7,8 +7,10 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from '../../train/data/emoji-benchmark.ts';
-import { readRankings } from '../../train/training-rankings.ts';
-import { PIPELINE_CONFIGS, type PipelineConfig, STAGES, loadPipelineConfig, runPipeline, stageDirs } from '../../train/pipeline.ts';
+import { readRankings, trainingRankings } from '../../train/training-rankings.ts';
+import { foldOfBase, queryFolds } from '../../train/cross-fit.ts';
+import { keywordPairNames } from '../../train/retriever.ts';
+import { PIPELINE_CONFIGS, type PipelineConfig, STAGES, heldOutRetrieverDir, loadPipelineConfig, runPipeline, stageDirs } from '../../train/pipeline.ts';
 
 let dir: string;
 beforeAll(async () => {
@@ -66,6 +68,8 @@ describe('pipeline config', () => {
     expect(() => loadPipelineConfig(f)).toThrow(/pointing\[0\].tasks: 4 must be null/);
     writeFileSync(f, JSON.stringify({ pointing: [{ ...phase, firstStage: 'yes' }] }));
     expect(() => loadPipelineConfig(f)).toThrow(/pointing\[0\].firstStage: "yes" must be true or false/);
+    writeFileSync(f, JSON.stringify({ firstStage: { crossFit: 1 } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/firstStage.crossFit: 1 must be 0 \(rank with the retriever itself\) or a number of folds from 2/);
     writeFileSync(f, JSON.stringify({ sft: { decisionTokens: 'index' } }));
     expect(() => loadPipelineConfig(f)).toThrow(/sft.decisionTokens: 'index' is not one of digits, answer/);
     writeFileSync(f, JSON.stringify({ sft: { firstStage: 1 } }));
@@ -87,7 +91,7 @@ describe('pipeline end to end', () => {
       data: join(dir, 'data'),
       pretrain: { steps: 3, batch: 4, lr: 3e-3 },
       retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', batching: 'task', embedDim: 96, keywordShare: 0.25 },
-      firstStage: { perTask: 2 },
+      firstStage: { perTask: 2, crossFit: 2 },
       align: { steps: 2, batch: 2, lr: 1e-3, centre: true },
       pointing: [
         { steps: 1, batch: 2, lr: 3e-3, K: 2, easyShare: 1, tasks: [4] },
@@ -123,6 +127,16 @@ describe('pipeline end to end', () => {
       expect(ids.length).toBeGreaterThan(4);
       for (const d of ids) expect(attributes.get(d)?.split).toBe('train');
     }
+    // Cross-fitted: a retriever per fold, trained without that fold's queries, ranks that fold.
+    const folds = await queryFolds(config.data, 2);
+    for (const i of [0, 1]) {
+      const held = heldOutRetrieverDir(runDir, i, 2);
+      expect(existsSync(join(held, 'final', 'config.json')), held).toBe(true);
+      const kept = bench.queries.train.filter((q) => folds.get(q.qid) !== i).length;
+      expect(lines).toContain(`retriever without fold ${i} of 2: ${kept} training queries, keyword pairs of ${(await keywordPairNames(config.data, (b) => foldOfBase(b, 2) !== i)).length} names`);
+      const own = await trainingRankings({ retriever: join(held, 'final'), dataDir: config.data, depth: 32, keep: (qid) => folds.get(qid) === i });
+      for (const [qid, r] of own.rankings) expect(trainRankings.get(qid), qid).toEqual(r);
+    }
     expect(record(s.sft)).toMatchObject({ k_start: 2, easy_share: 0.5, decision_share: 0.5, decision_tokens: 'digits', trace_style: 'pointed', tasks: [4, 6], base: join(s.pointing, 'phase-2', 'final'), first_stage: resolve(s.trainRankings) });
     const table = JSON.parse(readFileSync(join(s.table, 'table.json'), 'utf8')) as { rows: { name: string; queries: number }[] };
     expect(table.rows.map((r) => r.name)).toEqual(['First stage alone', 'zero-shot reranking', 'pointing warm-up (answer-only SFT)', 'SFT', 'SFT + GRPO (full)']);
@@ -137,7 +151,7 @@ describe('pipeline end to end', () => {
 
     const again: string[] = [];
     await runPipeline({ config, runDir, quiet: true, log: (l) => again.push(l) });
-    for (const stage of ['pretrain', 'retriever', 'first-stage', 'align', 'pointing 1/2', 'pointing 2/2', 'sft', 'grpo']) expect(again.some((l) => l.startsWith(`${stage}: done`)), stage).toBe(true);
+    for (const stage of ['pretrain', 'retriever', 'retriever without fold 0 of 2', 'retriever without fold 1 of 2', 'first-stage', 'align', 'pointing 1/2', 'pointing 2/2', 'sft', 'grpo']) expect(again.some((l) => l.startsWith(`${stage}: done`)), stage).toBe(true);
     expect(again.filter((l) => / reusing /.test(l)).length).toBeGreaterThanOrEqual(4);
   }, 600_000);
 });

@@ -4,7 +4,7 @@
 //
 //   npx tsx train/experiments/retriever-variants.ts --base <pretrain final> [--steps 200]
 //     [--batch 32] [--lr 1e-3] [--variants mean/mixed,bag-max/mixed/512] [--out runs/retriever-variants]
-//     [--train-tasks 0,1,3,4,6] [--eval-tasks 0,1,3,4,6] [--keyword-share 0]
+//     [--train-tasks 0,1,3,4,6] [--eval-tasks 0,1,3,4,6] [--keyword-share 0] [--holdout-fold i/F]
 //
 // A variant is <pooling>/<batching>[/<embedding width, default 64>] (model/retriever.ts
 // Pooling; train/retriever.ts RetrieverBatching). Each trains into
@@ -12,6 +12,8 @@
 // validation recall table there. --train-tasks keeps only those tasks' training queries;
 // --eval-tasks those tasks' validation queries. --keyword-share gives that share of each
 // batch to keyword pairs of the training names (train/retriever.ts withKeywordPairs).
+// --holdout-fold i/F leaves out fold i's training queries and keyword names (train/cross-fit.ts),
+// for a retriever that ranks fold i as it would rank unseen queries; its folder gets -fold<i>of<F>.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -24,6 +26,7 @@ import { parseTaskIds } from '../data/mbeir.ts';
 import { evaluateFirstStage } from '../eval/first-stage-eval.ts';
 import { formatRecallTable } from '../eval/recall.ts';
 import { RETRIEVER_BATCHINGS, type RetrieverBatching, benchmarkTripleSource, keywordPairNames, trainRetriever, withKeywordPairs } from '../retriever.ts';
+import { foldOfBase, foldOfQuery, parseFold, queryFolds } from '../cross-fit.ts';
 import { positiveFlags } from './flags.ts';
 
 const { values: a } = parseArgs({
@@ -38,6 +41,7 @@ const { values: a } = parseArgs({
     'train-tasks': { type: 'string', default: '0,1,3,4,6' },
     'eval-tasks': { type: 'string', default: '0,1,3,4,6' },
     'keyword-share': { type: 'string', default: '0' },
+    'holdout-fold': { type: 'string' },
   },
 });
 if (!a.base) throw new Error('--base <pre-trained checkpoint folder> is required');
@@ -54,6 +58,7 @@ const taskList = (flag: 'train-tasks' | 'eval-tasks') => new Set(parseTaskIds(a[
 const keywordShare = Number(a['keyword-share']);
 if (!(keywordShare >= 0 && keywordShare < 1)) throw new Error(`--keyword-share must be a number from 0 (none) to below 1, got ${a['keyword-share']}`);
 const trainTasks = taskList('train-tasks');
+const holdout = a['holdout-fold'] === undefined ? undefined : parseFold(a['holdout-fold']);
 const evalTasks = taskList('eval-tasks');
 
 const ctx = await init();
@@ -64,15 +69,17 @@ base.dispose();
 const bench = await loadBenchmark(a.data!);
 const images = new ImageStore({ root: bench.imageRoot, patchSize: vision.patchSize, mergeSize: vision.mergeSize, size: imageSize });
 const byDid = new Map(bench.pool.map((c) => [c.did, c]));
-const trainQueries = bench.queries.train.filter((q) => trainTasks.has(q.task_id));
+const folds = holdout && (await queryFolds(a.data!, holdout.folds));
+const trainQueries = bench.queries.train.filter((q) => trainTasks.has(q.task_id) && (!folds || foldOfQuery(folds, q.qid) !== holdout!.fold));
+const keepName = (base: string) => !holdout || foldOfBase(base, holdout.folds) !== holdout.fold;
 // The evaluation reads the validation split; only the chosen tasks' queries stay in it.
 const evalBench = { ...bench, queries: { ...bench.queries, val: bench.queries.val.filter((q) => evalTasks.has(q.task_id)) } };
 for (const { pooling, batching, embedDim, name } of variants) {
-  const out = join(a.out!, `${name}${keywordShare ? `-kw${keywordShare}` : ''}-${steps}x${batch}`);
+  const out = join(a.out!, `${name}${keywordShare ? `-kw${keywordShare}` : ''}-${steps}x${batch}${holdout ? `-fold${holdout.fold}of${holdout.folds}` : ''}`);
   mkdirSync(out, { recursive: true });
   const t0 = performance.now();
   let source = benchmarkTripleSource(trainQueries, byDid, images, 1, batching);
-  if (keywordShare) source = withKeywordPairs(source, await keywordPairNames(a.data!), byDid, images, keywordShare, 1);
+  if (keywordShare) source = withKeywordPairs(source, await keywordPairNames(a.data!, keepName), byDid, images, keywordShare, 1);
   const { retriever } = await trainRetriever(() => Retriever.fromBase(a.base!, embedDim, 1, undefined, pooling), source, {
     steps, batchSize: batch, lr, outDir: out, checkpointEvery: 50, resume: true, logEvery: 25,
   });
