@@ -41,8 +41,10 @@ import { type Preprocessed, patchPositions, patchify } from './image.ts';
 import { Mllm, type MllmConfig } from './mllm.ts';
 import { type Part, type QueryInput, type SequenceLayout, contentParts } from './sequence.ts';
 import { SPECIAL, type Tokenizer, loadTokenizer, saveTokenizer } from './tokenizer.ts';
+import { trigramCounts } from './trigrams.ts';
 
 export const PROJ = 'retriever.proj.weight';
+export const TRIGRAMS = 'retriever.trigrams.weight';
 
 /** The E5-V style prompt around the content (text of the prefix and of the suffix). */
 export interface RetrieverPrompt {
@@ -74,12 +76,26 @@ export const DEFAULT_PROMPT: RetrieverPrompt = {
 export type Pooling = 'last' | 'mean' | 'bag-max' | 'mean+bag-max';
 export const POOLINGS: readonly Pooling[] = ['last', 'mean', 'bag-max', 'mean+bag-max'];
 
+/**
+ * The letter-trigram part of the embedding (model/trigrams.ts): a learned row per bucket,
+ * summed over the trigrams of the content's text. It is appended to the pooled embedding,
+ * each part unit-norm and scaled by 1/sqrt 2, so between two texts a cosine is the mean of
+ * the backbone's and the trigrams' cosines; an input without text has a zero trigram part,
+ * which leaves the ranking of a pool of images or of an image query as the backbone's.
+ */
+export interface TrigramSettings {
+  buckets: number;
+  dim: number;
+}
+
 export interface RetrieverSettings {
-  /** Embedding size after the projection. */
+  /** Embedding size after the projection (the trigram part comes on top). */
   embedDim: number;
   prompt: RetrieverPrompt;
   /** Default 'last' (checkpoints without the field). */
   pooling?: Pooling;
+  /** Absent: no trigram part. */
+  trigrams?: TrigramSettings;
 }
 
 /** config.json of a retriever checkpoint: the backbone's config plus the retriever's own. */
@@ -99,9 +115,13 @@ export function l2Normalize(x: Tensor, eps = 1e-12): Tensor {
 }
 
 export class Retriever implements Embedder {
+  /** The embedding's width: the projection's, plus the trigram part's. */
   readonly embedDim: number;
+  /** The projection's width (config.json's retriever.embedDim). */
+  readonly projDim: number;
   readonly prompt: RetrieverPrompt;
   readonly pooling: Pooling;
+  readonly trigrams?: TrigramSettings;
   private readonly prefixIds: number[];
   private readonly suffixIds: number[];
 
@@ -110,38 +130,57 @@ export class Retriever implements Embedder {
     /** The projection [embedDim, hidden]. */
     readonly proj: Tensor,
     settings: Partial<RetrieverSettings> = {},
+    /** The trigram buckets' rows [buckets, dim], with settings.trigrams. */
+    readonly trigramTable?: Tensor,
   ) {
     const D = mllm.config.llm.hidden;
-    this.embedDim = settings.embedDim ?? proj.shape[0];
-    if (proj.rank !== 2 || proj.shape[0] !== this.embedDim || proj.shape[1] !== D) {
-      throw new RangeError(`retriever: projection has shape [${proj.shape}], expected [${this.embedDim}, ${D}] (embedDim, hidden)`);
+    this.projDim = settings.embedDim ?? proj.shape[0];
+    if (proj.rank !== 2 || proj.shape[0] !== this.projDim || proj.shape[1] !== D) {
+      throw new RangeError(`retriever: projection has shape [${proj.shape}], expected [${this.projDim}, ${D}] (embedDim, hidden)`);
     }
+    const t = settings.trigrams;
+    if (t && !(trigramTable && trigramTable.rank === 2 && trigramTable.shape[0] === t.buckets && trigramTable.shape[1] === t.dim)) {
+      throw new RangeError(`retriever: trigrams of ${t.buckets} buckets x ${t.dim} need a table of that shape, got ${trigramTable ? `[${trigramTable.shape}]` : 'none'}`);
+    }
+    if (!t && trigramTable) throw new RangeError('retriever: a trigram table without trigram settings');
+    this.trigrams = t;
+    this.embedDim = this.projDim + (t?.dim ?? 0);
     this.prompt = settings.prompt ?? DEFAULT_PROMPT;
     this.pooling = settings.pooling ?? 'last';
     if (!POOLINGS.includes(this.pooling)) throw new RangeError(`retriever: pooling must be one of ${POOLINGS.join(', ')}, got '${String(this.pooling)}'`);
-    if (this.pooling === 'mean+bag-max' && this.embedDim % 2) throw new RangeError(`retriever: mean+bag-max pooling splits the embedding in two halves, so embedDim must be even, got ${this.embedDim}`);
+    if (this.pooling === 'mean+bag-max' && this.projDim % 2) throw new RangeError(`retriever: mean+bag-max pooling splits the embedding in two halves, so embedDim must be even, got ${this.projDim}`);
     this.prefixIds = mllm.tokenizer.encode(this.prompt.prefix);
     this.suffixIds = mllm.tokenizer.encode(this.prompt.suffix);
     if (!this.suffixIds.length) throw new RangeError('retriever: the prompt suffix must not be empty (its last token is read)');
   }
 
-  /** A fresh projection on top of `mllm` (taken over: disposing the retriever disposes it). */
-  static fromMllm(mllm: Mllm, embedDim: number, seed: number, prompt: RetrieverPrompt = DEFAULT_PROMPT, pooling: Pooling = 'last'): Retriever {
+  /** A fresh projection (and trigram table) on top of `mllm` (taken over: disposing the retriever disposes it). */
+  static fromMllm(mllm: Mllm, embedDim: number, seed: number, prompt: RetrieverPrompt = DEFAULT_PROMPT, pooling: Pooling = 'last', trigrams?: TrigramSettings): Retriever {
     if (!Number.isInteger(embedDim) || embedDim < 1) throw new RangeError(`retriever: embedDim must be a positive integer, got ${embedDim}`);
+    if (trigrams && !(Number.isInteger(trigrams.buckets) && trigrams.buckets > 0 && Number.isInteger(trigrams.dim) && trigrams.dim > 0)) {
+      throw new RangeError(`retriever: trigram buckets and dim must be positive integers, got ${trigrams.buckets} and ${trigrams.dim}`);
+    }
     const D = mllm.config.llm.hidden;
     const proj = keep(requireGrad(randn([embedDim, D], { seed: seed * 7919 + 101, std: 1 / Math.sqrt(D) })));
     proj.name = PROJ;
-    return new Retriever(mllm, proj, { embedDim, prompt, pooling });
+    let table: Tensor | undefined;
+    if (trigrams) {
+      // A random table is already a random projection of the trigram counts (their cosine,
+      // roughly, before any training); training then weighs the buckets.
+      table = keep(requireGrad(randn([trigrams.buckets, trigrams.dim], { seed: seed * 7919 + 211, std: 1 / Math.sqrt(trigrams.dim) })));
+      table.name = TRIGRAMS;
+    }
+    return new Retriever(mllm, proj, { embedDim, prompt, pooling, trigrams }, table);
   }
 
   /** A freshly initialised backbone and projection. */
-  static create(config: MllmConfig, tokenizer: Tokenizer, embedDim: number, seed: number, prompt?: RetrieverPrompt, pooling?: Pooling): Retriever {
-    return Retriever.fromMllm(Mllm.create(config, tokenizer, seed), embedDim, seed, prompt, pooling);
+  static create(config: MllmConfig, tokenizer: Tokenizer, embedDim: number, seed: number, prompt?: RetrieverPrompt, pooling?: Pooling, trigrams?: TrigramSettings): Retriever {
+    return Retriever.fromMllm(Mllm.create(config, tokenizer, seed), embedDim, seed, prompt, pooling, trigrams);
   }
 
   /** Starts from a base model checkpoint (its own copy of the weights) and a fresh projection. */
-  static async fromBase(dir: string, embedDim: number, seed: number, prompt?: RetrieverPrompt, pooling?: Pooling): Promise<Retriever> {
-    return Retriever.fromMllm(await Mllm.load(dir), embedDim, seed, prompt, pooling);
+  static async fromBase(dir: string, embedDim: number, seed: number, prompt?: RetrieverPrompt, pooling?: Pooling, trigrams?: TrigramSettings): Promise<Retriever> {
+    return Retriever.fromMllm(await Mllm.load(dir), embedDim, seed, prompt, pooling, trigrams);
   }
 
   get tokenizer(): Tokenizer {
@@ -156,18 +195,19 @@ export class Retriever implements Embedder {
       llm: c.llm,
       vision: c.vision,
       imageSize: c.imageSize,
-      retriever: { embedDim: this.embedDim, prompt: this.prompt, pooling: this.pooling },
+      retriever: { embedDim: this.projDim, prompt: this.prompt, pooling: this.pooling, ...(this.trigrams ? { trigrams: this.trigrams } : {}) },
     };
   }
 
-  /** Every trainable tensor: the backbone's, then the projection. */
+  /** Every trainable tensor: the backbone's, then the projection (and the trigram table). */
   parameterList(): Tensor[] {
-    return [...this.mllm.parameterList(), this.proj];
+    return [...this.mllm.parameterList(), this.proj, ...(this.trigramTable ? [this.trigramTable] : [])];
   }
 
   async save(dir: string): Promise<void> {
     const params = new Map(this.mllm.params);
     params.set(PROJ, this.proj);
+    if (this.trigramTable) params.set(TRIGRAMS, this.trigramTable);
     await saveCheckpoint(dir, params, this.config);
     saveTokenizer(this.tokenizer, join(dir, 'tokenizer.json'));
   }
@@ -179,8 +219,8 @@ export class Retriever implements Embedder {
       throw new Error(`checkpoint ${dir}: config.json is not a retrv retriever config (needs llm, vision and retriever sections)`);
     }
     const tokenizer = loadTokenizer(join(dir, 'tokenizer.json'));
-    const { embedDim, prompt, pooling } = config.retriever;
-    const expected = { ...Mllm.parameterShapes(config), [PROJ]: [embedDim, config.llm.hidden] };
+    const { embedDim, prompt, pooling, trigrams } = config.retriever;
+    const expected = { ...Mllm.parameterShapes(config), [PROJ]: [embedDim, config.llm.hidden], ...(trigrams ? { [TRIGRAMS]: [trigrams.buckets, trigrams.dim] } : {}) };
     const tensors = await loadCheckpointTensors(dir, expected);
     for (const [name, t] of tensors) {
       t.name = name;
@@ -188,6 +228,8 @@ export class Retriever implements Embedder {
     }
     const proj = tensors.get(PROJ)!;
     tensors.delete(PROJ);
+    const table = tensors.get(TRIGRAMS);
+    tensors.delete(TRIGRAMS);
     const mllmConfig: MllmConfig = {
       architectures: ['RetrvMllm'],
       ...(config.preset ? { preset: config.preset } : {}),
@@ -195,7 +237,7 @@ export class Retriever implements Embedder {
       vision: config.vision,
       imageSize: config.imageSize,
     };
-    return new Retriever(new Mllm(mllmConfig, tensors, tokenizer), proj, { embedDim, prompt, pooling });
+    return new Retriever(new Mllm(mllmConfig, tensors, tokenizer), proj, { embedDim, prompt, pooling, trigrams }, table);
   }
 
   dispose(): void {
@@ -300,6 +342,22 @@ export class Retriever implements Embedder {
 
   /** Unit-norm embeddings [B, E] of laid-out sequences. */
   embedLayouts(layouts: readonly SequenceLayout[]): Tensor {
+    const pooled = this.pooled(layouts);
+    if (!this.trigrams || !this.trigramTable) return pooled;
+    const { buckets } = this.trigrams;
+    const counts = fromArray(trigramCounts(layouts.map((l) => this.contentText(l)), buckets), [layouts.length, buckets]);
+    return mulScalar(concat([pooled, l2Normalize(matmul(counts, this.trigramTable))], 1), Math.SQRT1_2);
+  }
+
+  /** The text of a layout's content (its token pieces between the prompt's prefix and suffix). */
+  private contentText(l: SequenceLayout): string {
+    const [from, to] = this.contentSpan(l);
+    // Special tokens (an image's <|vision_start|>, <|vision_end|>) are not text.
+    return this.tokenizer.decode(l.pieces.flatMap((p) => (p.kind === 'tokens' && p.start >= from && p.start < to ? p.ids : [])), { skipSpecial: true });
+  }
+
+  /** The backbone's unit-norm embeddings [B, projDim], as the pooling says. */
+  private pooled(layouts: readonly SequenceLayout[]): Tensor {
     const B = layouts.length;
     const { h, T } = this.hiddenStates(layouts);
     if (this.pooling === 'last') {
@@ -310,7 +368,7 @@ export class Retriever implements Embedder {
     if (this.pooling === 'bag-max') return l2Normalize(this.bagMax(layouts, T, h, this.proj));
     // mean+bag-max: the first half of the projection's rows for the mean, the second for
     // the bag; each half unit-norm and scaled by 1/sqrt 2, so a cosine is the mean of the two.
-    const half = this.embedDim / 2;
+    const half = this.projDim / 2;
     const m = l2Normalize(linear(this.contentMean(layouts, T, h), slice(this.proj, 0, 0, half)));
     const b = l2Normalize(this.bagMax(layouts, T, h, slice(this.proj, 0, half)));
     return mulScalar(concat([m, b], 1), Math.SQRT1_2);

@@ -6,6 +6,7 @@
 // one fold) and ranks fold i with a retriever trained without fold i: each training list is
 // then as hard as a test list would be for a retriever trained on (F-1)/F of the data.
 import { join } from 'node:path';
+import { fnv1a32 } from '../model/trigrams.ts';
 import { readSideTable } from './data/emoji-benchmark.ts';
 
 /** A held-out fold as "i/F" (0 <= i < F, F >= 2). */
@@ -24,12 +25,7 @@ export function parseFold(text: string, what = '--holdout-fold'): Fold {
 
 /** The fold of an emoji's tone-free base code: FNV-1a of the code, modulo F (stable across runs and machines). */
 export function foldOfBase(base: string, folds: number): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < base.length; i++) {
-    h ^= base.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h % folds;
+  return fnv1a32(base) % folds;
 }
 
 /** Each query's fold, from the benchmark's query_attributes.jsonl (its emoji's base code). */

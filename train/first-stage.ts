@@ -7,7 +7,7 @@
 //   npm run first-stage -- [--preset tiny] [--run runs/first-stage-tiny] [--pretrain-steps 300]
 //                          [--retriever-steps 300] [--batch 16]
 //                          [--pooling mean|last|bag-max|mean+bag-max] [--embed-dim 64]
-//                          [--keyword-share 0] [--batching mixed|task]
+//                          [--keyword-share 0] [--batching mixed|task] [--trigrams 0 (width)]
 //                          [--eval-per-task 0 (all)] [--seed 1] [--quiet]
 //
 // Every stage resumes from its checkpoint when interrupted, and is skipped when its
@@ -30,6 +30,7 @@ const { values: a } = parseArgs({
     'embed-dim': { type: 'string', default: '64' },
     'keyword-share': { type: 'string', default: '0' },
     batching: { type: 'string', default: 'mixed' },
+    trigrams: { type: 'string', default: '0' },
     'eval-per-task': { type: 'string', default: '0' },
     seed: { type: 'string', default: '1' },
     quiet: { type: 'boolean', default: false },
@@ -53,7 +54,7 @@ const config: PipelineConfig = {
   data: a.data!,
   seed: num('seed', a.seed),
   pretrain: { steps: num('pretrain-steps', a['pretrain-steps'], 1), batch, lr: 3e-3 },
-  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching, embedDim: num('embed-dim', a['embed-dim'], 1), keywordShare: share },
+  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching, embedDim: num('embed-dim', a['embed-dim'], 1), keywordShare: share, trigramDim: num('trigrams', a.trigrams), trigramBuckets: 8192 },
   firstStage: { perTask: num('eval-per-task', a['eval-per-task']), crossFit: 0 },
 };
 await runPipeline({

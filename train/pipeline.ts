@@ -59,9 +59,10 @@ export interface PipelineConfig {
    * pooling: model/retriever.ts Pooling. embedDim: the embedding's width (the projection's
    * rows; bag-max pooling gains from one much wider than the hidden size). keywordShare:
    * the share of each batch given to keyword pairs of the training names
-   * (train/retriever.ts withKeywordPairs; 0 = none).
+   * (train/retriever.ts withKeywordPairs; 0 = none). trigramDim: the width of the letter-trigram
+   * part (model/retriever.ts TrigramSettings; 0 = none), over trigramBuckets hashed buckets.
    */
-  retriever: { steps: number; batch: number; lr: number; pooling: Pooling; batching: RetrieverBatching; embedDim: number; keywordShare: number };
+  retriever: { steps: number; batch: number; lr: number; pooling: Pooling; batching: RetrieverBatching; embedDim: number; keywordShare: number; trigramDim: number; trigramBuckets: number };
   /**
    * perTask: test queries per task for the first-stage recall table (0 = all). crossFit: 0
    * ranks the training queries (for the stages with firstStage lists) with the retriever
@@ -128,7 +129,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 300, batch: 16, lr: 3e-3 },
-    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0 },
+    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192 },
     firstStage: { perTask: 40, crossFit: 0 },
     align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
     pointing: [],
@@ -144,7 +145,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 450, batch: 16, lr: 2e-3 },
-    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0 },
+    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192 },
     firstStage: { perTask: 0, crossFit: 0 },
     align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
     pointing: [],
@@ -223,6 +224,9 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   if (!POOLINGS.includes(cfg.retriever.pooling)) throw new Error(`${nameOrFile}.retriever.pooling: '${cfg.retriever.pooling}' is not one of ${POOLINGS.join(', ')}`);
   if (!Number.isInteger(cfg.retriever.embedDim) || cfg.retriever.embedDim < 1) throw new Error(`${nameOrFile}.retriever.embedDim: ${cfg.retriever.embedDim} must be a positive integer`);
   if (!(cfg.retriever.keywordShare >= 0 && cfg.retriever.keywordShare < 1)) throw new Error(`${nameOrFile}.retriever.keywordShare: ${cfg.retriever.keywordShare} must be a number from 0 (none) to below 1`);
+  for (const k of ['trigramDim', 'trigramBuckets'] as const) {
+    if (!Number.isInteger(cfg.retriever[k]) || cfg.retriever[k] < (k === 'trigramDim' ? 0 : 1)) throw new Error(`${nameOrFile}.retriever.${k}: ${JSON.stringify(cfg.retriever[k])} must be ${k === 'trigramDim' ? 'a width (0 = no trigram part)' : 'a positive integer'}`);
+  }
   if (!Number.isInteger(cfg.firstStage.crossFit) || cfg.firstStage.crossFit < 0 || cfg.firstStage.crossFit === 1) {
     throw new Error(`${nameOrFile}.firstStage.crossFit: ${JSON.stringify(cfg.firstStage.crossFit)} must be 0 (rank with the retriever itself) or a number of folds from 2`);
   }
@@ -393,7 +397,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
     if (names.length) source = withKeywordPairs(source, names, byDid, images, c.retriever.keywordShare, c.seed);
     log(`${label}: ${queries.length} training queries${names.length ? `, keyword pairs of ${names.length} names` : ''}`);
     await run(label, c.retriever.steps, async (p) => {
-      const { retriever } = await trainRetriever(() => Retriever.fromBase(base, c.retriever.embedDim, c.seed, undefined, c.retriever.pooling), source, {
+      const { retriever } = await trainRetriever(() => Retriever.fromBase(base, c.retriever.embedDim, c.seed, undefined, c.retriever.pooling, c.retriever.trigramDim ? { buckets: c.retriever.trigramBuckets, dim: c.retriever.trigramDim } : undefined), source, {
         steps: c.retriever.steps,
         batchSize: c.retriever.batch,
         lr: c.retriever.lr,

@@ -12,6 +12,7 @@ import { Mllm, type MllmConfig } from '../../model/mllm.ts';
 import { PRESETS, withVocab } from '../../model/presets.ts';
 import { DEFAULT_PROMPT, Retriever, l2Normalize } from '../../model/retriever.ts';
 import { trainBpe } from '../../model/tokenizer.ts';
+import { trigramCounts } from '../../model/trigrams.ts';
 import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankGroupsWithRetriever, rankWithRetriever, taskBatchedTripleSource, keywordPairNames, trainRetriever, withKeywordPairs } from '../../train/retriever.ts';
 import { KEYWORD_TEMPLATES } from '../../train/data/emoji-benchmark.ts';
 import type { ImageStore } from '../../train/data/inputs.ts';
@@ -208,6 +209,56 @@ describe('retriever embeddings', () => {
     expect(norm(half, W)).toBeGreaterThan(1e-6);
     r.dispose();
     expect(() => Retriever.create(config, tok, 33, 6, DEFAULT_PROMPT, 'mean+bag-max')).toThrow(/embedDim must be even, got 33/);
+  });
+
+  it('trigram part: the counts of the text\'s letter trigrams through the table, unit-norm over sqrt 2 beside the pooled part, zero without text; its gradient reaches only the buckets used', async () => {
+    const trigrams = { buckets: 61, dim: 12 };
+    const r = Retriever.create(config, tok, E, 7, DEFAULT_PROMPT, 'mean', trigrams);
+    expect(r.embedDim).toBe(E + trigrams.dim);
+    expect(r.projDim).toBe(E);
+    // The same backbone and projection without the trigram part (shared tensors, disposed once).
+    const plain = new Retriever(r.mllm, r.proj, { embedDim: E, pooling: 'mean' });
+    const inputs = [{ text: 'a red square' }, { image: picture(2), text: 'blue moon' }, { image: picture(1) }];
+    const { a, shape } = await embedRows(r, inputs);
+    expect(shape).toEqual([3, E + trigrams.dim]);
+    const pooled = (await embedRows(plain, inputs)).a;
+    const table = (await r.trigramTable!.toArray()) as Float32Array;
+    const texts = ['a red square', 'blue moon', ''];
+    const counts = trigramCounts(texts, trigrams.buckets);
+    const W = E + trigrams.dim;
+    for (let i = 0; i < inputs.length; i++) {
+      expectClose(pooled.subarray(i * E, (i + 1) * E).map((v) => v * Math.SQRT1_2), a.subarray(i * W, i * W + E), 1e-6, 1e-6, `pooled part of input ${i}`);
+      const lex = new Float64Array(trigrams.dim);
+      for (let b = 0; b < trigrams.buckets; b++) for (let d = 0; d < trigrams.dim; d++) lex[d] += counts[i * trigrams.buckets + b] * table[b * trigrams.dim + d];
+      const n = Math.hypot(...lex);
+      const ref = [...lex].map((v) => (n ? v / n : 0) * Math.SQRT1_2);
+      expectClose(ref, a.subarray(i * W + E, (i + 1) * W), 2e-6, 1e-5, `trigram part of input ${i}`);
+    }
+    expect(a.subarray(2 * W + E, 3 * W).every((v) => v === 0)).toBe(true);
+    // InfoNCE between texts: the table's gradient is zero on every bucket none of the texts uses.
+    const batch: Triple[] = [
+      { query: { text: 'sun' }, positive: { text: 'hot and bright' } },
+      { query: { text: 'snow' }, positive: { text: 'cold flakes' } },
+    ];
+    tidy(() => {
+      const { logits, targets } = contrastiveLogits(r, batch, fromArray([20], [1]));
+      backward(crossEntropy(logits, targets));
+    });
+    const g = (await r.trigramTable!.grad!.toArray()) as Float32Array;
+    const used = trigramCounts(['sun snow hot and bright cold flakes'], trigrams.buckets);
+    for (let b = 0; b < trigrams.buckets; b++) {
+      const norm = Math.hypot(...g.subarray(b * trigrams.dim, (b + 1) * trigrams.dim));
+      if (used[b]) expect(norm, `bucket ${b}`).toBeGreaterThan(0);
+      else expect(norm, `bucket ${b}`).toBe(0);
+    }
+    await r.save(join(dir, 'tri'));
+    const back = await Retriever.load(join(dir, 'tri'));
+    expect(back.config.retriever.trigrams).toEqual(trigrams);
+    expect(back.embedDim).toBe(W);
+    expectClose((await embedRows(back, inputs)).a, a, 0, 0, 'reloaded');
+    back.dispose();
+    r.dispose();
+    expect(() => Retriever.create(config, tok, E, 7, DEFAULT_PROMPT, 'mean', { buckets: 0, dim: 4 })).toThrow(/trigram buckets and dim must be positive integers, got 0 and 4/);
   });
 
   it('saves and loads a checkpoint, and starts from a base model checkpoint', async () => {

@@ -68,6 +68,8 @@ describe('pipeline config', () => {
     expect(() => loadPipelineConfig(f)).toThrow(/pointing\[0\].tasks: 4 must be null/);
     writeFileSync(f, JSON.stringify({ pointing: [{ ...phase, firstStage: 'yes' }] }));
     expect(() => loadPipelineConfig(f)).toThrow(/pointing\[0\].firstStage: "yes" must be true or false/);
+    writeFileSync(f, JSON.stringify({ retriever: { trigramDim: -1 } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/retriever.trigramDim: -1 must be a width \(0 = no trigram part\)/);
     writeFileSync(f, JSON.stringify({ firstStage: { crossFit: 1 } }));
     expect(() => loadPipelineConfig(f)).toThrow(/firstStage.crossFit: 1 must be 0 \(rank with the retriever itself\) or a number of folds from 2/);
     writeFileSync(f, JSON.stringify({ sft: { decisionTokens: 'index' } }));
@@ -90,7 +92,7 @@ describe('pipeline end to end', () => {
       ...PIPELINE_CONFIGS.tiny,
       data: join(dir, 'data'),
       pretrain: { steps: 3, batch: 4, lr: 3e-3 },
-      retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', batching: 'task', embedDim: 96, keywordShare: 0.25 },
+      retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', batching: 'task', embedDim: 96, keywordShare: 0.25, trigramDim: 16, trigramBuckets: 257 },
       firstStage: { perTask: 2, crossFit: 2 },
       align: { steps: 2, batch: 2, lr: 1e-3, centre: true },
       pointing: [
@@ -110,7 +112,7 @@ describe('pipeline end to end', () => {
     expect(existsSync(join(s.firstStage, 'first-stage-recall.json'))).toBe(true);
     // The config's switches reach the stages: the retriever's pooling and width, the ICM centres, the SFT record keeps its curriculum and answer share.
     expect(JSON.parse(readFileSync(join(s.align, 'final', 'icm.json'), 'utf8')).centre).toBe(true);
-    expect(JSON.parse(readFileSync(join(s.retriever, 'final', 'config.json'), 'utf8')).retriever).toMatchObject({ pooling: 'bag-max', embedDim: 96 });
+    expect(JSON.parse(readFileSync(join(s.retriever, 'final', 'config.json'), 'utf8')).retriever).toMatchObject({ pooling: 'bag-max', embedDim: 96, trigrams: { buckets: 257, dim: 16 } });
     const record = (d: string) => JSON.parse(readFileSync(join(d, 'final', 'sft.json'), 'utf8'));
     // The pointing phases are answer-only, each from the one before; SFT starts from the last.
     expect(record(join(s.pointing, 'phase-1'))).toMatchObject({ trace_style: 'answer', K: 2, easy_share: 1, tasks: [4], max_inspections: 0 });

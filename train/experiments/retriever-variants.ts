@@ -5,6 +5,7 @@
 //   npx tsx train/experiments/retriever-variants.ts --base <pretrain final> [--steps 200]
 //     [--batch 32] [--lr 1e-3] [--variants mean/mixed,bag-max/mixed/512] [--out runs/retriever-variants]
 //     [--train-tasks 0,1,3,4,6] [--eval-tasks 0,1,3,4,6] [--keyword-share 0] [--holdout-fold i/F]
+//     [--trigrams <dim> [--trigram-buckets 8192]]
 //
 // A variant is <pooling>/<batching>[/<embedding width, default 64>] (model/retriever.ts
 // Pooling; train/retriever.ts RetrieverBatching). Each trains into
@@ -14,6 +15,7 @@
 // batch to keyword pairs of the training names (train/retriever.ts withKeywordPairs).
 // --holdout-fold i/F leaves out fold i's training queries and keyword names (train/cross-fit.ts),
 // for a retriever that ranks fold i as it would rank unseen queries; its folder gets -fold<i>of<F>.
+// --trigrams adds a letter-trigram part of that width (model/trigrams.ts); the folder gets -tri<dim>.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -42,6 +44,8 @@ const { values: a } = parseArgs({
     'eval-tasks': { type: 'string', default: '0,1,3,4,6' },
     'keyword-share': { type: 'string', default: '0' },
     'holdout-fold': { type: 'string' },
+    trigrams: { type: 'string' },
+    'trigram-buckets': { type: 'string', default: '8192' },
   },
 });
 if (!a.base) throw new Error('--base <pre-trained checkpoint folder> is required');
@@ -59,6 +63,10 @@ const keywordShare = Number(a['keyword-share']);
 if (!(keywordShare >= 0 && keywordShare < 1)) throw new Error(`--keyword-share must be a number from 0 (none) to below 1, got ${a['keyword-share']}`);
 const trainTasks = taskList('train-tasks');
 const holdout = a['holdout-fold'] === undefined ? undefined : parseFold(a['holdout-fold']);
+const trigrams = a.trigrams === undefined ? undefined : { dim: Number(a.trigrams), buckets: Number(a['trigram-buckets']) };
+if (trigrams && !(Number.isInteger(trigrams.dim) && trigrams.dim > 0 && Number.isInteger(trigrams.buckets) && trigrams.buckets > 0)) {
+  throw new Error(`--trigrams and --trigram-buckets must be positive integers, got ${a.trigrams} and ${a['trigram-buckets']}`);
+}
 const evalTasks = taskList('eval-tasks');
 
 const ctx = await init();
@@ -75,12 +83,12 @@ const keepName = (base: string) => !holdout || foldOfBase(base, holdout.folds) !
 // The evaluation reads the validation split; only the chosen tasks' queries stay in it.
 const evalBench = { ...bench, queries: { ...bench.queries, val: bench.queries.val.filter((q) => evalTasks.has(q.task_id)) } };
 for (const { pooling, batching, embedDim, name } of variants) {
-  const out = join(a.out!, `${name}${keywordShare ? `-kw${keywordShare}` : ''}-${steps}x${batch}${holdout ? `-fold${holdout.fold}of${holdout.folds}` : ''}`);
+  const out = join(a.out!, `${name}${keywordShare ? `-kw${keywordShare}` : ''}${trigrams ? `-tri${trigrams.dim}` : ''}-${steps}x${batch}${holdout ? `-fold${holdout.fold}of${holdout.folds}` : ''}`);
   mkdirSync(out, { recursive: true });
   const t0 = performance.now();
   let source = benchmarkTripleSource(trainQueries, byDid, images, 1, batching);
   if (keywordShare) source = withKeywordPairs(source, await keywordPairNames(a.data!, keepName), byDid, images, keywordShare, 1);
-  const { retriever } = await trainRetriever(() => Retriever.fromBase(a.base!, embedDim, 1, undefined, pooling), source, {
+  const { retriever } = await trainRetriever(() => Retriever.fromBase(a.base!, embedDim, 1, undefined, pooling, trigrams), source, {
     steps, batchSize: batch, lr, outDir: out, checkpointEvery: 50, resume: true, logEvery: 25,
   });
   console.log(`${name}: trained in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
