@@ -21,16 +21,22 @@ bash ../shared/gpu/prepare.sh >/dev/null
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 npx tsx scripts/shrink-images.ts --bench data/emoji-mbeir --image-root node_modules --size 32 --out "$stage/node_modules"
-mkdir -p "$stage/runs/exp" "$stage/runs/tiny-3k-cmp/align" "$stage/runs/tiny-3k/retriever" "$stage/data"
+mkdir -p "$stage/runs/exp" "$stage/data"
 cp -r data/emoji-mbeir "$stage/data/"
 # The recorded image root is this machine's node_modules: point it nowhere so that the
 # loader falls back to the project's node_modules (found by the packages' package.json).
 node -e 'const f=process.argv[1],m=JSON.parse(require("fs").readFileSync(f,"utf8"));m.image_root="/nonexistent/image-root";require("fs").writeFileSync(f,JSON.stringify(m,null,2))' "$stage/data/emoji-mbeir/meta.json"
 for v in google twitter; do cp node_modules/emoji-datasource-$v/package.json "$stage/node_modules/emoji-datasource-$v/"; done
-cp -r runs/tiny-3k-cmp/align/final "$stage/runs/tiny-3k-cmp/align/"
-cp -r runs/tiny-3k/retriever/final "$stage/runs/tiny-3k/retriever/"
-cp runs/exp/val4.jsonl runs/exp/val6.jsonl "$stage/runs/exp/"
-# PACK_CKPTS: more final/ folders to start runs from (e.g. "runs/exp/t4-k16-b32-cont/final").
-for c in ${PACK_CKPTS:-}; do mkdir -p "$stage/$(dirname "$c")" && cp -r "$c" "$stage/$c"; done
+# PACK_BASE: the runs' default start (the probe's PROBE_BASE); PACK_RETRIEVER: the first
+# stage its evaluation reranks (the probe's EVAL_RETRIEVER).
+for c in "${PACK_BASE:-runs/tiny-3k-cmp/align/final}" "${PACK_RETRIEVER:-runs/tiny-3k/retriever/final}"; do
+  mkdir -p "$stage/$(dirname "$c")" && cp -rL "$c" "$stage/$c"
+done
+for f in runs/exp/val4.jsonl runs/exp/val6.jsonl; do [ ! -f "$f" ] || cp "$f" "$stage/runs/exp/"; done
+# PACK_CKPTS: more final/ folders to start runs from (e.g. "runs/exp/t4-k16-b32-cont/final");
+# PACK_FILES: more single files the runs read (e.g. a first-stage rankings file).
+for c in ${PACK_CKPTS:-} ${PACK_FILES:-}; do mkdir -p "$stage/$(dirname "$c")" && cp -rL "$c" "$stage/$c"; done
+# Runs start from a checkpoint's weights, not its optimizer state.
+find "$stage/runs" -name optimizer.safetensors -delete
 tar -C "$stage" -cf - node_modules data runs | xz -T0 -6 > .gpu/probe.tar.xz
 du -sh --apparent-size .gpu
