@@ -81,7 +81,9 @@ export const POOLINGS: readonly Pooling[] = ['last', 'mean', 'bag-max', 'mean+ba
  * summed over the trigrams of the content's text. It is appended to the pooled embedding,
  * each part unit-norm and scaled by 1/sqrt 2, so between two texts a cosine is the mean of
  * the backbone's and the trigrams' cosines; an input without text has a zero trigram part,
- * which leaves the ranking of a pool of images or of an image query as the backbone's.
+ * which leaves the ranking of a pool of images or of an image query as the backbone's, but
+ * halves those cosines, so InfoNCE on them runs at twice the temperature (README: on task 6
+ * that cost half the R@1; the option is off in every config).
  */
 export interface TrigramSettings {
   buckets: number;
