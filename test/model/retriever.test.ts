@@ -56,6 +56,18 @@ const embedRows = async (r: Retriever, inputs: Parameters<Retriever['embed']>[0]
   return { a, shape };
 };
 
+/** One InfoNCE backward pass over two text pairs (gradients left on the retriever's tensors). */
+const TEXT_PAIRS: Triple[] = [
+  { query: { text: 'sun' }, positive: { text: 'hot and bright' } },
+  { query: { text: 'snow' }, positive: { text: 'cold flakes' } },
+];
+function textInfoNceStep(r: Retriever): void {
+  tidy(() => {
+    const { logits, targets } = contrastiveLogits(r, TEXT_PAIRS, fromArray([20], [1]));
+    backward(crossEntropy(logits, targets));
+  });
+}
+
 describe('retriever embeddings', () => {
   it('embeds a mixed batch with shape [N, E], unit rows, and the same rows as one at a time', async () => {
     const r = Retriever.create(config, tok, E, 1);
@@ -195,14 +207,7 @@ describe('retriever embeddings', () => {
       expectClose(ref, a.subarray(i * W, (i + 1) * W), 2e-5, 1e-4, `mean+bag-max input ${i}`);
     }
     // One InfoNCE step's gradient on the projection is non-zero in both halves.
-    const batch: Triple[] = [
-      { query: { text: 'sun' }, positive: { text: 'hot and bright' } },
-      { query: { text: 'snow' }, positive: { text: 'cold flakes' } },
-    ];
-    tidy(() => {
-      const { logits, targets } = contrastiveLogits(r, batch, fromArray([20], [1]));
-      backward(crossEntropy(logits, targets));
-    });
+    textInfoNceStep(r);
     const gv = (await r.proj.grad!.toArray()) as Float32Array;
     const norm = (from: number, to: number) => Math.hypot(...gv.subarray(from * D, to * D));
     expect(norm(0, half)).toBeGreaterThan(1e-6);
@@ -236,16 +241,9 @@ describe('retriever embeddings', () => {
     }
     expect(a.subarray(2 * W + E, 3 * W).every((v) => v === 0)).toBe(true);
     // InfoNCE between texts: the table's gradient is zero on every bucket none of the texts uses.
-    const batch: Triple[] = [
-      { query: { text: 'sun' }, positive: { text: 'hot and bright' } },
-      { query: { text: 'snow' }, positive: { text: 'cold flakes' } },
-    ];
-    tidy(() => {
-      const { logits, targets } = contrastiveLogits(r, batch, fromArray([20], [1]));
-      backward(crossEntropy(logits, targets));
-    });
+    textInfoNceStep(r);
     const g = (await r.trigramTable!.grad!.toArray()) as Float32Array;
-    const used = trigramCounts(['sun snow hot and bright cold flakes'], trigrams.buckets);
+    const used = trigramCounts([TEXT_PAIRS.map((p) => `${p.query.text} ${p.positive.text}`).join(' ')], trigrams.buckets);
     for (let b = 0; b < trigrams.buckets; b++) {
       const norm = Math.hypot(...g.subarray(b * trigrams.dim, (b + 1) * trigrams.dim));
       if (used[b]) expect(norm, `bucket ${b}`).toBeGreaterThan(0);
