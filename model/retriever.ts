@@ -129,7 +129,7 @@ export class Retriever implements Embedder {
 
   constructor(
     readonly mllm: Mllm,
-    /** The projection [embedDim, hidden]. */
+    /** The projection [projDim, hidden] (settings.embedDim rows). */
     readonly proj: Tensor,
     settings: Partial<RetrieverSettings> = {},
     /** The trigram buckets' rows [buckets, dim], with settings.trigrams. */
