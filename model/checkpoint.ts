@@ -12,8 +12,8 @@ export class CheckpointError extends Error {
   }
 }
 
-/** Writes `config.json` atomically (temp file, then rename). */
-function writeJsonAtomic(path: string, value: unknown): void {
+/** Writes a JSON file of a checkpoint atomically (temp file, then rename). */
+export function writeJsonAtomic(path: string, value: unknown): void {
   const tmp = `${path}.tmp-${process.pid}`;
   try {
     writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');

@@ -2,12 +2,14 @@
 // E5-V and LamRA. A query or candidate (text, image, or both) is wrapped in a prompt that
 // asks the model to summarise it in one word; the final hidden state of the prompt's last
 // token, through a learned linear projection and L2 normalisation, is its embedding.
-// Cosine similarity of embeddings ranks candidates.
+// Cosine similarity of embeddings ranks candidates. Optionally the embedding carries a
+// fixed lexical part beside it (character-trigram TF-IDF, LexicalSettings), which makes the
+// model a hybrid of a dense and a sparse retriever where both sides are text.
 //
 // The retriever owns its own Mllm (its own weights, e.g. loaded from the base checkpoint),
 // so training it never disturbs the reranker. Checkpoints are one folder:
 // model.safetensors (model.*, visual.* and retriever.proj.weight), config.json (the Mllm
-// config plus a `retriever` section), tokenizer.json.
+// config plus a `retriever` section), tokenizer.json, and lexical.json with a lexical part.
 //
 // Batching: every input of a call runs in one forward pass. Sequences are right-padded;
 // causal attention never lets a real token see the padding, so each sequence's last real
@@ -36,7 +38,9 @@ import {
   rsqrt,
   sum,
 } from '../runtime/index.ts';
-import { loadCheckpointTensors, readConfig, saveCheckpoint } from './checkpoint.ts';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { CheckpointError, loadCheckpointTensors, readConfig, saveCheckpoint, writeJsonAtomic } from './checkpoint.ts';
+import { TfIdf, type TfIdfJson, charNgrams } from './lexical.ts';
 import { type Preprocessed, patchPositions, patchify } from './image.ts';
 import { Mllm, type MllmConfig } from './mllm.ts';
 import { type Part, type QueryInput, type SequenceLayout, contentParts } from './sequence.ts';
@@ -45,6 +49,8 @@ import { trigramCounts } from './trigrams.ts';
 
 export const PROJ = 'retriever.proj.weight';
 export const TRIGRAMS = 'retriever.trigrams.weight';
+/** The lexical part's vocabulary and document frequencies, beside config.json. */
+export const LEXICAL_FILE = 'lexical.json';
 
 /** The E5-V style prompt around the content (text of the prefix and of the suffix). */
 export interface RetrieverPrompt {
@@ -90,14 +96,41 @@ export interface TrigramSettings {
   dim: number;
 }
 
+/**
+ * The lexical part of a hybrid retriever: character-trigram TF-IDF (model/lexical.ts), with
+ * the vocabulary and document frequencies of a corpus (lexical.json), appended to the
+ * embedding of every input that has text. A text's dense part is scaled by sqrt(1 - weight)
+ * and its TF-IDF vector by sqrt(weight), so between two texts the score is
+ * (1 - weight) * dense cosine + weight * TF-IDF cosine, the usual weighted fusion of a
+ * dense and a sparse retriever. An input without text keeps its dense part whole and a
+ * zero lexical part: between it and anything the score is the dense cosine times 1 or
+ * sqrt(1 - weight), the same factor for every candidate of one modality, so rankings of
+ * images, or by an image, are the dense part's. Nothing here is trained: the part is fixed
+ * once the corpus is, and attached to a trained retriever (`withLexical`).
+ */
+export interface LexicalSettings {
+  /** The TF-IDF cosine's share of a text-text score, in (0, 1). */
+  weight: number;
+  /** The vocabulary's size (lexical.json's grams), checked on load. */
+  grams: number;
+}
+
 export interface RetrieverSettings {
-  /** Embedding size after the projection (the trigram part comes on top). */
+  /** Embedding size after the projection (the trigram and lexical parts come on top). */
   embedDim: number;
   prompt: RetrieverPrompt;
   /** Default 'last' (checkpoints without the field). */
   pooling?: Pooling;
   /** Absent: no trigram part. */
   trigrams?: TrigramSettings;
+  /** Absent: no lexical part. */
+  lexical?: LexicalSettings;
+}
+
+/** A fitted lexical part: the TF-IDF and its weight. */
+export interface Lexical {
+  tfidf: TfIdf;
+  weight: number;
 }
 
 /** config.json of a retriever checkpoint: the backbone's config plus the retriever's own. */
@@ -117,7 +150,7 @@ export function l2Normalize(x: Tensor, eps = 1e-12): Tensor {
 }
 
 export class Retriever implements Embedder {
-  /** The embedding's width: the projection's, plus the trigram part's. */
+  /** The embedding's width: the projection's, plus the trigram and lexical parts'. */
   readonly embedDim: number;
   /** The projection's width (config.json's retriever.embedDim). */
   readonly projDim: number;
@@ -134,6 +167,8 @@ export class Retriever implements Embedder {
     settings: Partial<RetrieverSettings> = {},
     /** The trigram buckets' rows [buckets, dim], with settings.trigrams. */
     readonly trigramTable?: Tensor,
+    /** The lexical part (its settings come from here, not from `settings`). */
+    readonly lexical?: Lexical,
   ) {
     const D = mllm.config.llm.hidden;
     this.projDim = settings.embedDim ?? proj.shape[0];
@@ -146,7 +181,9 @@ export class Retriever implements Embedder {
     }
     if (!t && trigramTable) throw new RangeError('retriever: a trigram table without trigram settings');
     this.trigrams = t;
-    this.embedDim = this.projDim + (t?.dim ?? 0);
+    if (lexical && !(lexical.weight > 0 && lexical.weight < 1)) throw new RangeError(`retriever: the lexical weight must be between 0 and 1 (exclusive), got ${lexical.weight}`);
+    if (lexical && !lexical.tfidf.size) throw new RangeError('retriever: the lexical part has an empty vocabulary (a corpus without text?)');
+    this.embedDim = this.projDim + (t?.dim ?? 0) + (lexical?.tfidf.size ?? 0);
     this.prompt = settings.prompt ?? DEFAULT_PROMPT;
     this.pooling = settings.pooling ?? 'last';
     if (!POOLINGS.includes(this.pooling)) throw new RangeError(`retriever: pooling must be one of ${POOLINGS.join(', ')}, got '${String(this.pooling)}'`);
@@ -197,8 +234,22 @@ export class Retriever implements Embedder {
       llm: c.llm,
       vision: c.vision,
       imageSize: c.imageSize,
-      retriever: { embedDim: this.projDim, prompt: this.prompt, pooling: this.pooling, ...(this.trigrams ? { trigrams: this.trigrams } : {}) },
+      retriever: {
+        embedDim: this.projDim,
+        prompt: this.prompt,
+        pooling: this.pooling,
+        ...(this.trigrams ? { trigrams: this.trigrams } : {}),
+        ...(this.lexical ? { lexical: { weight: this.lexical.weight, grams: this.lexical.tfidf.size } } : {}),
+      },
     };
+  }
+
+  /**
+   * The same model with a lexical part (or another one): it shares this retriever's
+   * weights, so dispose only one of the two. Its embeddings are wider (embedDim).
+   */
+  withLexical(lexical: Lexical): Retriever {
+    return new Retriever(this.mllm, this.proj, { embedDim: this.projDim, prompt: this.prompt, pooling: this.pooling, trigrams: this.trigrams }, this.trigramTable, lexical);
   }
 
   /** Every trainable tensor: the backbone's, then the projection (and the trigram table). */
@@ -210,6 +261,11 @@ export class Retriever implements Embedder {
     const params = new Map(this.mllm.params);
     params.set(PROJ, this.proj);
     if (this.trigramTable) params.set(TRIGRAMS, this.trigramTable);
+    // Before config.json, which is written last: a folder with a config is complete.
+    if (this.lexical) {
+      mkdirSync(dir, { recursive: true });
+      writeJsonAtomic(join(dir, LEXICAL_FILE), this.lexical.tfidf.toJSON());
+    }
     await saveCheckpoint(dir, params, this.config);
     saveTokenizer(this.tokenizer, join(dir, 'tokenizer.json'));
   }
@@ -221,7 +277,8 @@ export class Retriever implements Embedder {
       throw new Error(`checkpoint ${dir}: config.json is not a retrv retriever config (needs llm, vision and retriever sections)`);
     }
     const tokenizer = loadTokenizer(join(dir, 'tokenizer.json'));
-    const { embedDim, prompt, pooling, trigrams } = config.retriever;
+    const { embedDim, prompt, pooling, trigrams, lexical } = config.retriever;
+    const tfidf = lexical ? readLexical(dir, lexical) : undefined;
     const expected = { ...Mllm.parameterShapes(config), [PROJ]: [embedDim, config.llm.hidden], ...(trigrams ? { [TRIGRAMS]: [trigrams.buckets, trigrams.dim] } : {}) };
     const tensors = await loadCheckpointTensors(dir, expected);
     for (const [name, t] of tensors) {
@@ -239,7 +296,7 @@ export class Retriever implements Embedder {
       vision: config.vision,
       imageSize: config.imageSize,
     };
-    return new Retriever(new Mllm(mllmConfig, tensors, tokenizer), proj, { embedDim, prompt, pooling, trigrams }, table);
+    return new Retriever(new Mllm(mllmConfig, tensors, tokenizer), proj, { embedDim, prompt, pooling, trigrams }, table, tfidf && { tfidf, weight: lexical!.weight });
   }
 
   dispose(): void {
@@ -342,8 +399,23 @@ export class Retriever implements Embedder {
     return matmul(fromArray(w, [B, B * T]), x);
   }
 
-  /** Unit-norm embeddings [B, E] of laid-out sequences. */
+  /** Unit-norm embeddings [B, E] of laid-out sequences (see LexicalSettings for the one exception). */
   embedLayouts(layouts: readonly SequenceLayout[]): Tensor {
+    const dense = this.denseEmbeddings(layouts);
+    if (!this.lexical) return dense;
+    const { tfidf, weight } = this.lexical;
+    const B = layouts.length;
+    const lex = tfidf.dense(layouts.map((l) => this.contentText(l)));
+    const V = tfidf.size;
+    // A text whose trigrams the corpus lacks has a short (or zero) lexical row, as its
+    // TF-IDF cosine with every candidate is; it still counts as a text.
+    const scale = new Float32Array(B);
+    layouts.forEach((l, b) => (scale[b] = charNgrams(this.contentText(l)).length ? Math.sqrt(1 - weight) : 1));
+    return concat([mul(dense, fromArray(scale, [B, 1])), mulScalar(fromArray(lex, [B, V]), Math.sqrt(weight))], 1);
+  }
+
+  /** The backbone's embedding (with the trigram part, when there is one), unit-norm [B, projDim + trigram dim]. */
+  private denseEmbeddings(layouts: readonly SequenceLayout[]): Tensor {
     const pooled = this.pooled(layouts);
     if (!this.trigrams || !this.trigramTable) return pooled;
     const { buckets } = this.trigrams;
@@ -389,4 +461,18 @@ export class Retriever implements Embedder {
     });
     return max(mul(reshape(f, [B, T, F]), fromArray(m, [B, T, 1])), 1);
   }
+}
+
+/** A checkpoint's lexical.json, checked against its config. */
+function readLexical(dir: string, settings: LexicalSettings): TfIdf {
+  const path = join(dir, LEXICAL_FILE);
+  if (!existsSync(path)) throw new CheckpointError(`checkpoint ${dir}: config.json has a lexical part but ${LEXICAL_FILE} is missing`);
+  let tfidf: TfIdf;
+  try {
+    tfidf = TfIdf.fromJSON(JSON.parse(readFileSync(path, 'utf8')) as TfIdfJson);
+  } catch (e) {
+    throw new CheckpointError(`checkpoint ${path}: ${(e as Error).message}`);
+  }
+  if (tfidf.size !== settings.grams) throw new CheckpointError(`checkpoint ${path}: ${tfidf.size} grams, but config.json says ${settings.grams}`);
+  return tfidf;
 }

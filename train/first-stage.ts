@@ -8,6 +8,7 @@
 //                          [--retriever-steps 300] [--batch 16]
 //                          [--pooling mean|last|bag-max|mean+bag-max] [--embed-dim 64]
 //                          [--keyword-share 0] [--batching mixed|task] [--trigrams 0 (width)]
+//                          [--task-weights ''] [--lexical-weight 0]
 //                          [--eval-per-task 0 (all)] [--seed 1] [--quiet]
 //
 // Every stage resumes from its checkpoint when interrupted, and is skipped when its
@@ -16,7 +17,7 @@ import { parseArgs } from 'node:util';
 import { POOLINGS, type Pooling } from '../model/retriever.ts';
 import { getPreset } from '../model/presets.ts';
 import { PIPELINE_CONFIGS, type PipelineConfig, runPipeline } from './pipeline.ts';
-import { RETRIEVER_BATCHINGS, type RetrieverBatching } from './retriever.ts';
+import { RETRIEVER_BATCHINGS, type RetrieverBatching, parseTaskWeights } from './retriever.ts';
 
 const { values: a } = parseArgs({
   options: {
@@ -31,6 +32,8 @@ const { values: a } = parseArgs({
     'keyword-share': { type: 'string', default: '0' },
     batching: { type: 'string', default: 'mixed' },
     trigrams: { type: 'string', default: '0' },
+    'task-weights': { type: 'string', default: '' },
+    'lexical-weight': { type: 'string', default: '0' },
     'eval-per-task': { type: 'string', default: '0' },
     seed: { type: 'string', default: '1' },
     quiet: { type: 'boolean', default: false },
@@ -47,6 +50,9 @@ if (!RETRIEVER_BATCHINGS.includes(a.batching as RetrieverBatching)) throw new Er
 const batch = num('batch', a.batch, 2);
 const share = Number(a['keyword-share']);
 if (!(share >= 0 && share < 1)) throw new Error(`--keyword-share must be a number from 0 (none) to below 1, got ${a['keyword-share']}`);
+const lexicalWeight = Number(a['lexical-weight']);
+if (!(lexicalWeight >= 0 && lexicalWeight < 1)) throw new Error(`--lexical-weight must be a number from 0 (no lexical part) to below 1, got ${a['lexical-weight']}`);
+if (Object.keys(parseTaskWeights(a['task-weights']!, '--task-weights')).length && a.batching !== 'task') throw new Error('--task-weights needs --batching task');
 const base = PIPELINE_CONFIGS[preset.name] ?? PIPELINE_CONFIGS.tiny;
 const config: PipelineConfig = {
   ...base,
@@ -54,7 +60,7 @@ const config: PipelineConfig = {
   data: a.data!,
   seed: num('seed', a.seed),
   pretrain: { steps: num('pretrain-steps', a['pretrain-steps'], 1), batch, lr: 3e-3 },
-  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching, embedDim: num('embed-dim', a['embed-dim'], 1), keywordShare: share, trigramDim: num('trigrams', a.trigrams), trigramBuckets: 8192 },
+  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching, embedDim: num('embed-dim', a['embed-dim'], 1), keywordShare: share, trigramDim: num('trigrams', a.trigrams), trigramBuckets: 8192, taskWeights: a['task-weights']!, lexicalWeight },
   firstStage: { perTask: num('eval-per-task', a['eval-per-task']), crossFit: 0 },
 };
 await runPipeline({

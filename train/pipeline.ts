@@ -26,6 +26,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { init } from '../runtime/index.ts';
 import { POOLINGS, type Pooling, Retriever } from '../model/retriever.ts';
+import { TfIdf } from '../model/lexical.ts';
 import { getPreset } from '../model/presets.ts';
 import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from './data/emoji-benchmark.ts';
 import { ImageStore } from './data/inputs.ts';
@@ -37,7 +38,7 @@ import { evaluateFirstStage } from './eval/first-stage-eval.ts';
 import { formatRecallTable } from './eval/recall.ts';
 import { type TableRowSpec, type TableSpec, formatTerminalTable, runAblationTable } from './eval/table.ts';
 import { pretrain } from './pretrain.ts';
-import { type RetrieverBatching, RETRIEVER_BATCHINGS, benchmarkTripleSource, keywordPairNames, trainRetriever, withKeywordPairs } from './retriever.ts';
+import { type RetrieverBatching, RETRIEVER_BATCHINGS, benchmarkTripleSource, keywordPairNames, parseTaskWeights, trainRetriever, withKeywordPairs } from './retriever.ts';
 import { alignIcm } from './align.ts';
 import { runSftStage } from './sft-stage.ts';
 import { DECISION_TOKENS, type DecisionTokens } from './sft.ts';
@@ -61,8 +62,24 @@ export interface PipelineConfig {
    * the share of each batch given to keyword pairs of the training names
    * (train/retriever.ts withKeywordPairs; 0 = none). trigramDim: the width of the letter-trigram
    * part (model/retriever.ts TrigramSettings; 0 = none), over trigramBuckets hashed buckets.
+   * taskWeights: more turns of one-task batches for some tasks, "<task>:<turns>,..." ("" =
+   * every task one turn; train/retriever.ts taskBatchedTripleSource). lexicalWeight: the
+   * share of a text-text score given to character-trigram TF-IDF fitted on the pool's texts
+   * (model/retriever.ts LexicalSettings; 0 = a dense retriever).
    */
-  retriever: { steps: number; batch: number; lr: number; pooling: Pooling; batching: RetrieverBatching; embedDim: number; keywordShare: number; trigramDim: number; trigramBuckets: number };
+  retriever: {
+    steps: number;
+    batch: number;
+    lr: number;
+    pooling: Pooling;
+    batching: RetrieverBatching;
+    embedDim: number;
+    keywordShare: number;
+    trigramDim: number;
+    trigramBuckets: number;
+    taskWeights: string;
+    lexicalWeight: number;
+  };
   /**
    * perTask: test queries per task for the first-stage recall table (0 = all). crossFit: 0
    * ranks the training queries (for the stages with firstStage lists) with the retriever
@@ -129,7 +146,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 300, batch: 16, lr: 3e-3 },
-    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192 },
+    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0 },
     firstStage: { perTask: 40, crossFit: 0 },
     align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
     pointing: [],
@@ -145,7 +162,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 450, batch: 16, lr: 2e-3 },
-    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192 },
+    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0 },
     firstStage: { perTask: 0, crossFit: 0 },
     align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
     pointing: [],
@@ -227,6 +244,10 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   for (const k of ['trigramDim', 'trigramBuckets'] as const) {
     if (!Number.isInteger(cfg.retriever[k]) || cfg.retriever[k] < (k === 'trigramDim' ? 0 : 1)) throw new Error(`${nameOrFile}.retriever.${k}: ${JSON.stringify(cfg.retriever[k])} must be ${k === 'trigramDim' ? 'a width (0 = no trigram part)' : 'a positive integer'}`);
   }
+  if (!(cfg.retriever.lexicalWeight >= 0 && cfg.retriever.lexicalWeight < 1)) throw new Error(`${nameOrFile}.retriever.lexicalWeight: ${JSON.stringify(cfg.retriever.lexicalWeight)} must be a number from 0 (no lexical part) to below 1`);
+  if (typeof cfg.retriever.taskWeights !== 'string') throw new Error(`${nameOrFile}.retriever.taskWeights: must be a string "<task>:<turns>,...", e.g. "1:3" ("" for none)`);
+  const taskWeights = parseTaskWeights(cfg.retriever.taskWeights, `${nameOrFile}.retriever.taskWeights`);
+  if (Object.keys(taskWeights).length && cfg.retriever.batching !== 'task') throw new Error(`${nameOrFile}.retriever.taskWeights: needs batching 'task' (one task per batch), not '${cfg.retriever.batching}'`);
   if (!Number.isInteger(cfg.firstStage.crossFit) || cfg.firstStage.crossFit < 0 || cfg.firstStage.crossFit === 1) {
     throw new Error(`${nameOrFile}.firstStage.crossFit: ${JSON.stringify(cfg.firstStage.crossFit)} must be 0 (rank with the retriever itself) or a number of folds from 2`);
   }
@@ -392,7 +413,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
   const trainRetrieverInto = async (outDir: string, label: string, keep: (q: MbeirQuery) => boolean, keepName: (base: string) => boolean) => {
     const base = input(s.pretrain, 'the pre-trained base model', 'retriever');
     const queries = bench.queries.train.filter(keep);
-    let source = benchmarkTripleSource(queries, byDid, images, c.seed, c.retriever.batching);
+    let source = benchmarkTripleSource(queries, byDid, images, c.seed, c.retriever.batching, parseTaskWeights(c.retriever.taskWeights, 'retriever.taskWeights'));
     const names = c.retriever.keywordShare > 0 ? await keywordPairNames(c.data, keepName) : [];
     if (names.length) source = withKeywordPairs(source, names, byDid, images, c.retriever.keywordShare, c.seed);
     log(`${label}: ${queries.length} training queries${names.length ? `, keyword pairs of ${names.length} names` : ''}`);
@@ -408,7 +429,9 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         log: via(p),
         onStep: (x) => p.update(x.step, { loss: x.loss, 'in-batch acc': x.accuracy }), // step counts from 1 here
       });
-      await retriever.save(join(outDir, 'final'));
+      // The lexical part is fixed, not trained: attached once the dense model is.
+      const w = c.retriever.lexicalWeight;
+      await (w ? retriever.withLexical({ tfidf: TfIdf.fit(bench.pool.map((x) => x.txt)), weight: w }) : retriever).save(join(outDir, 'final'));
       retriever.dispose();
     });
   };

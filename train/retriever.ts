@@ -103,9 +103,14 @@ export function arrayTripleSource(triples: readonly Triple[], seed = 0): TripleS
  * batch the candidates are then all of one kind (all names for text -> text), and the
  * loss cannot be lowered by telling a text candidate from an image one: with mixed
  * batches most in-batch negatives of a text -> text query are images.
+ * `weights` (task id -> a whole number of turns per cycle, 1 when absent) gives a task
+ * more of the steps: { 1: 3 } makes the cycle 0 1 1 1 3 4 6 when all five are usable.
  */
-export function taskBatchedTripleSource(triples: readonly Triple[], taskOf: readonly number[], seed = 0): TripleSource {
+export function taskBatchedTripleSource(triples: readonly Triple[], taskOf: readonly number[], seed = 0, weights: Readonly<Record<number, number>> = {}): TripleSource {
   if (taskOf.length !== triples.length) throw new RangeError(`taskBatchedTripleSource: ${triples.length} triples but ${taskOf.length} task ids`);
+  for (const [t, w] of Object.entries(weights)) {
+    if (!(Number.isInteger(w) && w >= 1)) throw new RangeError(`taskBatchedTripleSource: task ${t}'s weight must be a whole number of turns (1 or more), got ${w}`);
+  }
   const byTask = new Map<number, Triple[]>();
   triples.forEach((t, i) => (byTask.get(taskOf[i]) ?? byTask.set(taskOf[i], []).get(taskOf[i])!).push(t));
   const tasks = [...byTask.keys()].sort((x, y) => x - y);
@@ -114,8 +119,12 @@ export function taskBatchedTripleSource(triples: readonly Triple[], taskOf: read
     batch(step: number, size: number) {
       const usable = tasks.filter((t) => byTask.get(t)!.length >= size);
       if (!usable.length) throw new RangeError(`taskBatchedTripleSource: no task has ${size} triples (sizes ${tasks.map((t) => `${t}: ${byTask.get(t)!.length}`).join(', ')})`);
-      const task = usable[step % usable.length];
-      return sources.get(task)!.batch(Math.floor(step / usable.length), size);
+      const cycle = usable.flatMap((t) => Array<number>(weights[t] ?? 1).fill(t));
+      const at = step % cycle.length;
+      const task = cycle[at];
+      // The task's own batch index: its turns in the cycles before, then in this one.
+      const turn = Math.floor(step / cycle.length) * (weights[task] ?? 1) + cycle.slice(0, at).filter((t) => t === task).length;
+      return sources.get(task)!.batch(turn, size);
     },
   };
 }
@@ -461,10 +470,23 @@ export function withKeywordPairs(source: TripleSource, names: readonly KeywordPa
 export type RetrieverBatching = 'mixed' | 'task';
 export const RETRIEVER_BATCHINGS: readonly RetrieverBatching[] = ['mixed', 'task'];
 
+/** Task weights written as `<task>:<turns>,...` (e.g. "1:3"); "" for none. `what` names the flag or field in errors. */
+export function parseTaskWeights(text: string, what: string): Record<number, number> {
+  const out: Record<number, number> = {};
+  for (const part of text.split(',').map((p) => p.trim()).filter(Boolean)) {
+    const m = /^(\d+):(\d+)$/.exec(part);
+    if (!m || Number(m[2]) < 1) throw new Error(`${what}: '${part}' is not <task id>:<turns>, turns a whole number of 1 or more (e.g. 1:3)`);
+    if (Number(m[1]) in out) throw new Error(`${what}: task ${m[1]} is given twice`);
+    out[Number(m[1])] = Number(m[2]);
+  }
+  return out;
+}
+
 /** The benchmark's training triples as a source: mixed batches, or one task per batch. */
-export function benchmarkTripleSource(queries: readonly MbeirQuery[], byDid: ReadonlyMap<string, MbeirCandidate>, images: ImageStore, seed: number, batching: RetrieverBatching): TripleSource {
+export function benchmarkTripleSource(queries: readonly MbeirQuery[], byDid: ReadonlyMap<string, MbeirCandidate>, images: ImageStore, seed: number, batching: RetrieverBatching, taskWeights: Readonly<Record<number, number>> = {}): TripleSource {
   const triples = benchmarkTriples(queries, byDid, images, seed);
-  if (batching === 'task') return taskBatchedTripleSource(triples, queries.map((q) => q.task_id), seed);
+  if (batching === 'task') return taskBatchedTripleSource(triples, queries.map((q) => q.task_id), seed, taskWeights);
+  if (Object.keys(taskWeights).length) throw new RangeError(`task weights need one task per batch (batching 'task'), not '${batching}'`);
   if (batching === 'mixed') return arrayTripleSource(triples, seed);
   throw new RangeError(`retriever batching '${batching}' is not one of ${RETRIEVER_BATCHINGS.join(', ')}`);
 }

@@ -13,7 +13,8 @@ import { PRESETS, withVocab } from '../../model/presets.ts';
 import { DEFAULT_PROMPT, Retriever, l2Normalize } from '../../model/retriever.ts';
 import { trainBpe } from '../../model/tokenizer.ts';
 import { trigramCounts } from '../../model/trigrams.ts';
-import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankGroupsWithRetriever, rankWithRetriever, taskBatchedTripleSource, keywordPairNames, trainRetriever, withKeywordPairs } from '../../train/retriever.ts';
+import { TfIdf } from '../../model/lexical.ts';
+import { type Triple, arrayTripleSource, contrastiveLogits, latestCheckpoint, rankGroupsWithRetriever, rankWithRetriever, taskBatchedTripleSource, keywordPairNames, parseTaskWeights, trainRetriever, withKeywordPairs } from '../../train/retriever.ts';
 import { KEYWORD_TEMPLATES } from '../../train/data/emoji-benchmark.ts';
 import type { ImageStore } from '../../train/data/inputs.ts';
 import { computeRecall } from '../../train/eval/recall.ts';
@@ -259,6 +260,47 @@ describe('retriever embeddings', () => {
     expect(() => Retriever.create(config, tok, E, 7, DEFAULT_PROMPT, 'mean', { buckets: 0, dim: 4 })).toThrow(/trigram buckets and dim must be positive integers, got 0 and 4/);
   });
 
+  it('lexical part: a text\'s dense part times sqrt(1 - w) beside its TF-IDF row times sqrt(w), a text-free input\'s dense part whole; reloads exact; bad settings refused', async () => {
+    const r = Retriever.create(config, tok, E, 7, DEFAULT_PROMPT, 'mean');
+    const tfidf = TfIdf.fit([...captions, ...glosses]);
+    const w = 0.3;
+    const hybrid = r.withLexical({ tfidf, weight: w });
+    expect(hybrid.embedDim).toBe(E + tfidf.size);
+    expect(hybrid.config.retriever.lexical).toEqual({ weight: w, grams: tfidf.size });
+    const inputs = [{ text: 'a red square' }, { text: 'a red circle qqq' }, { image: picture(2), text: 'blue moon' }, { image: picture(1) }];
+    const texts = ['a red square', 'a red circle qqq', 'blue moon', ''];
+    const { a, shape } = await embedRows(hybrid, inputs);
+    const W = E + tfidf.size;
+    expect(shape).toEqual([4, W]);
+    const dense = (await embedRows(r, inputs)).a;
+    const lex = tfidf.dense(texts);
+    for (let i = 0; i < inputs.length; i++) {
+      const s = texts[i] ? Math.sqrt(1 - w) : 1;
+      expectClose(dense.subarray(i * E, (i + 1) * E).map((v) => v * s), a.subarray(i * W, i * W + E), 1e-6, 1e-6, `dense part of input ${i}`);
+      expectClose(lex.subarray(i * tfidf.size, (i + 1) * tfidf.size).map((v) => v * Math.sqrt(w)), a.subarray(i * W + E, (i + 1) * W), 1e-6, 1e-6, `lexical part of input ${i}`);
+    }
+    // Between two texts the score is (1 - w) dense cosine + w TF-IDF cosine (float64 reference from the sparse weights).
+    const dot = (x: ArrayLike<number>, y: ArrayLike<number>) => Array.from(x).reduce((acc, v, j) => acc + v * y[j], 0);
+    const row = (m: Float32Array, i: number, n: number) => m.subarray(i * n, (i + 1) * n);
+    const q = tfidf.weights(texts[0]);
+    let sparse = 0;
+    for (const [g, v] of tfidf.weights(texts[1])) sparse += v * (q.get(g) ?? 0);
+    expect(sparse).toBeGreaterThan(0.1);
+    expect(dot(row(a, 0, W), row(a, 1, W))).toBeCloseTo((1 - w) * dot(row(dense, 0, E), row(dense, 1, E)) + w * sparse, 5);
+    // An image query against texts: the dense cosine times the same sqrt(1 - w) for each, so the order is the dense part's.
+    expect(dot(row(a, 3, W), row(a, 0, W))).toBeCloseTo(Math.sqrt(1 - w) * dot(row(dense, 3, E), row(dense, 0, E)), 5);
+    await hybrid.save(join(dir, 'lex'));
+    const back = await Retriever.load(join(dir, 'lex'));
+    expect(back.config.retriever.lexical).toEqual({ weight: w, grams: tfidf.size });
+    expectClose((await embedRows(back, inputs)).a, a, 0, 0, 'reloaded');
+    back.dispose();
+    rmSync(join(dir, 'lex', 'lexical.json'));
+    await expect(Retriever.load(join(dir, 'lex'))).rejects.toThrow(/has a lexical part but lexical.json is missing/);
+    expect(() => r.withLexical({ tfidf, weight: 1 })).toThrow(/lexical weight must be between 0 and 1 \(exclusive\), got 1/);
+    expect(() => r.withLexical({ tfidf: TfIdf.fit(['']), weight: 0.5 })).toThrow(/empty vocabulary/);
+    r.dispose();
+  });
+
   it('saves and loads a checkpoint, and starts from a base model checkpoint', async () => {
     const r = Retriever.create(config, tok, E, 2);
     const inputs = [{ text: 'a blue triangle' }, { image: picture(3) }];
@@ -333,6 +375,25 @@ describe('retriever training', () => {
     expect(taskBatchedTripleSource(ts, tasks, 5).batch(5, 3)).toEqual(batches[5]);
     expect(() => taskBatchedTripleSource(ts, tasks.slice(1))).toThrow(/18 triples but 17 task ids/);
     expect(() => src.batch(0, 11)).toThrow(/no task has 11 triples/);
+  });
+
+  it('task weights: a task with w turns gets w of each cycle\'s batches, still one epoch without repeats, and unweighted batches stay as they were', () => {
+    const tasks = [...Array(10).fill(3), ...Array(6).fill(1), 6, 6];
+    const ts: Triple[] = tasks.map((t, i) => ({ query: { text: `q${i}` }, positive: { text: `p${i}` }, positiveId: `t${t}:${i}` }));
+    const taskOfBatch = (b: Triple[]) => b[0].positiveId!.split(':')[0];
+    const src = taskBatchedTripleSource(ts, tasks, 5, { 3: 2 });
+    const batches = Array.from({ length: 9 }, (_, s) => src.batch(s, 3) as Triple[]);
+    expect(batches.map(taskOfBatch)).toEqual(['t1', 't3', 't3', 't1', 't3', 't3', 't1', 't3', 't3']);
+    // Task 3's first three batches (steps 1, 2, 4) are one epoch of 9 distinct triples, in the unweighted source's order.
+    expect(new Set([...batches[1], ...batches[2], ...batches[4]].map((t) => t.positiveId)).size).toBe(9);
+    const plain = taskBatchedTripleSource(ts, tasks, 5);
+    expect([batches[1], batches[2], batches[4], batches[5]]).toEqual([plain.batch(1, 3), plain.batch(3, 3), plain.batch(5, 3), plain.batch(7, 3)]);
+    expect([batches[0], batches[3]]).toEqual([plain.batch(0, 3), plain.batch(2, 3)]);
+    expect(parseTaskWeights('1:3, 4:2', '--w')).toEqual({ 1: 3, 4: 2 });
+    expect(parseTaskWeights('', '--w')).toEqual({});
+    expect(() => parseTaskWeights('1:0', '--w')).toThrow(/--w: '1:0' is not <task id>:<turns>/);
+    expect(() => parseTaskWeights('1:2,1:3', '--w')).toThrow(/task 1 is given twice/);
+    expect(() => taskBatchedTripleSource(ts, tasks, 5, { 3: 1.5 })).toThrow(/task 3's weight must be a whole number/);
   });
 
   it('keyword pairs: their share of each batch, 1 to 3 of the name\'s keywords -> the name, a same-subcategory negative, the same batch for the same step', async () => {

@@ -92,7 +92,7 @@ describe('pipeline end to end', () => {
       ...PIPELINE_CONFIGS.tiny,
       data: join(dir, 'data'),
       pretrain: { steps: 3, batch: 4, lr: 3e-3 },
-      retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', batching: 'task', embedDim: 96, keywordShare: 0.25, trigramDim: 16, trigramBuckets: 257 },
+      retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', batching: 'task', embedDim: 96, keywordShare: 0.25, trigramDim: 16, trigramBuckets: 257, taskWeights: '1:2', lexicalWeight: 0.5 },
       firstStage: { perTask: 2, crossFit: 2 },
       align: { steps: 2, batch: 2, lr: 1e-3, centre: true },
       pointing: [
@@ -112,7 +112,10 @@ describe('pipeline end to end', () => {
     expect(existsSync(join(s.firstStage, 'first-stage-recall.json'))).toBe(true);
     // The config's switches reach the stages: the retriever's pooling and width, the ICM centres, the SFT record keeps its curriculum and answer share.
     expect(JSON.parse(readFileSync(join(s.align, 'final', 'icm.json'), 'utf8')).centre).toBe(true);
-    expect(JSON.parse(readFileSync(join(s.retriever, 'final', 'config.json'), 'utf8')).retriever).toMatchObject({ pooling: 'bag-max', embedDim: 96, trigrams: { buckets: 257, dim: 16 } });
+    expect(JSON.parse(readFileSync(join(s.retriever, 'final', 'config.json'), 'utf8')).retriever).toMatchObject({ pooling: 'bag-max', embedDim: 96, trigrams: { buckets: 257, dim: 16 }, lexical: { weight: 0.5 } });
+    // The lexical part's TF-IDF is fitted on every text of the pool.
+    const lexical = JSON.parse(readFileSync(join(s.retriever, 'final', 'lexical.json'), 'utf8')) as { docs: number };
+    expect(lexical.docs).toBe((await loadBenchmark(config.data)).pool.filter((c) => c.txt).length);
     const record = (d: string) => JSON.parse(readFileSync(join(d, 'final', 'sft.json'), 'utf8'));
     // The pointing phases are answer-only, each from the one before; SFT starts from the last.
     expect(record(join(s.pointing, 'phase-1'))).toMatchObject({ trace_style: 'answer', K: 2, easy_share: 1, tasks: [4], max_inspections: 0 });

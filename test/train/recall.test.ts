@@ -9,7 +9,6 @@ import {
   type BaselineCandidate,
   type BaselineQuery,
   type RecallQuery,
-  charNgrams,
   computeRecall,
   formatRecallTable,
   meanColour,
@@ -122,10 +121,7 @@ describe('baselines', () => {
     }
   });
 
-  it('character n-grams and mean colour', () => {
-    expect(charNgrams('Ab')).toEqual([' ab', 'ab ']);
-    expect(charNgrams('a  b')).toEqual([' a ', 'a b', ' b ']);
-    expect(charNgrams('')).toEqual([]);
+  it('mean colour (character n-grams: test/model/lexical.test.ts)', () => {
     // A transparent pixel counts as white; an opaque red one as red.
     expect(meanColour(new Uint8Array([0, 0, 0, 0, 255, 0, 0, 255]))).toEqual([255, 127.5, 127.5]);
     expect(meanColour(new Uint8Array([0, 0, 0, 255]))).toEqual([0, 0, 0]);

@@ -17,6 +17,7 @@
 //     common side: score 0, i.e. random order). Ties, common there, are broken by a
 //     seeded random order, never by pool order.
 import { Rng } from '../../runtime/random.ts';
+import { TfIdf } from '../../model/lexical.ts';
 import { writeJsonAtomic } from '../atomic-write.ts';
 import { TASKS } from '../data/mbeir-types.ts';
 
@@ -220,57 +221,19 @@ export function randomRankings(queries: readonly BaselineQuery[], candidates: re
   return out;
 }
 
-/** Character trigrams of a text (lower-cased, spaces collapsed, padded with a space). */
-export function charNgrams(text: string, n = 3): string[] {
-  const core = text.toLowerCase().replace(/\s+/g, ' ').trim();
-  if (!core) return [];
-  const chars = [...` ${core} `];
-  const out: string[] = [];
-  for (let i = 0; i + n <= chars.length; i++) out.push(chars.slice(i, i + n).join(''));
-  if (!out.length) out.push(chars.join(''));
-  return out;
-}
-
-/** TF-IDF vectors over character trigrams, IDF from the candidate texts. */
-class TfIdf {
-  private readonly df = new Map<string, number>();
-  private readonly docs: number;
-  /** Postings per gram: candidate indices and their unit-vector weights. */
-  readonly postings = new Map<string, { idx: number[]; w: number[] }>();
-
-  constructor(texts: readonly (string | null | undefined)[]) {
-    const grams = texts.map((t) => (t ? charNgrams(t) : []));
-    this.docs = grams.filter((g) => g.length).length;
-    for (const g of grams) for (const x of new Set(g)) this.df.set(x, (this.df.get(x) ?? 0) + 1);
-    grams.forEach((g, i) => {
-      for (const [x, w] of this.vector(g)) {
-        let p = this.postings.get(x);
-        if (!p) this.postings.set(x, (p = { idx: [], w: [] }));
-        p.idx.push(i);
-        p.w.push(w);
-      }
-    });
-  }
-
-  /** Smoothed IDF: ln((1 + N) / (1 + df)) + 1. */
-  idf(x: string): number {
-    return Math.log((1 + this.docs) / (1 + (this.df.get(x) ?? 0))) + 1;
-  }
-
-  /** Unit-norm tf-idf weights of a list of grams. */
-  vector(grams: readonly string[]): Map<string, number> {
-    const tf = new Map<string, number>();
-    for (const x of grams) tf.set(x, (tf.get(x) ?? 0) + 1);
-    let norm = 0;
-    for (const [x, c] of tf) {
-      const w = c * this.idf(x);
-      tf.set(x, w);
-      norm += w * w;
+/** Candidate postings of a TF-IDF (model/lexical.ts): per gram, the candidates holding it and their weights. */
+function postings(tfidf: TfIdf, texts: readonly (string | null | undefined)[]): Map<string, { idx: number[]; w: number[] }> {
+  const out = new Map<string, { idx: number[]; w: number[] }>();
+  texts.forEach((t, i) => {
+    if (!t) return;
+    for (const [x, w] of tfidf.weights(t)) {
+      let p = out.get(x);
+      if (!p) out.set(x, (p = { idx: [], w: [] }));
+      p.idx.push(i);
+      p.w.push(w);
     }
-    norm = Math.sqrt(norm);
-    if (norm > 0) for (const [x, w] of tf) tf.set(x, w / norm);
-    return tf;
-  }
+  });
+  return out;
 }
 
 const MAX_RGB_DIST = Math.sqrt(3) * 255;
@@ -283,7 +246,8 @@ const MAX_RGB_DIST = Math.sqrt(3) * 255;
 export function trivialRankings(queries: readonly BaselineQuery[], candidates: readonly BaselineCandidate[], opts: BaselineOptions = {}): Map<string, string[]> {
   const k = opts.k ?? 10;
   const rng = new Rng(opts.seed ?? 0);
-  const tfidf = new TfIdf(candidates.map((c) => c.text));
+  const tfidf = TfIdf.fit(candidates.map((c) => c.text));
+  const posts = postings(tfidf, candidates.map((c) => c.text));
   const P = candidates.length;
   const textScore = new Float64Array(P);
   const out = new Map<string, string[]>();
@@ -292,8 +256,8 @@ export function trivialRankings(queries: readonly BaselineQuery[], candidates: r
     const hasImg = !!q.rgb;
     textScore.fill(0);
     if (hasText) {
-      for (const [x, w] of tfidf.vector(charNgrams(q.text!))) {
-        const p = tfidf.postings.get(x);
+      for (const [x, w] of tfidf.weights(q.text!)) {
+        const p = posts.get(x);
         if (p) for (let j = 0; j < p.idx.length; j++) textScore[p.idx[j]] += w * p.w[j];
       }
     }

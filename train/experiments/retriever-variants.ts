@@ -5,7 +5,7 @@
 //   npx tsx train/experiments/retriever-variants.ts --base <pretrain final> [--steps 200]
 //     [--batch 32] [--lr 1e-3] [--variants mean/mixed,bag-max/mixed/512] [--out runs/retriever-variants]
 //     [--train-tasks 0,1,3,4,6] [--eval-tasks 0,1,3,4,6] [--keyword-share 0] [--holdout-fold i/F]
-//     [--trigrams <dim> [--trigram-buckets 8192]]
+//     [--trigrams <dim> [--trigram-buckets 8192]] [--task-weights 1:3]
 //
 // A variant is <pooling>/<batching>[/<embedding width, default 64>] (model/retriever.ts
 // Pooling; train/retriever.ts RetrieverBatching). Each trains into
@@ -16,6 +16,7 @@
 // --holdout-fold i/F leaves out fold i's training queries and keyword names (train/cross-fit.ts),
 // for a retriever that ranks fold i as it would rank unseen queries; its folder gets -fold<i>of<F>.
 // --trigrams adds a letter-trigram part of that width (model/trigrams.ts); the folder gets -tri<dim>.
+// --task-weights <task>:<turns>,... gives those tasks more turns of one-task batches (taskBatchedTripleSource); the folder gets -w<task>x<turns>.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -27,7 +28,7 @@ import { ImageStore } from '../data/inputs.ts';
 import { parseTaskIds } from '../data/mbeir.ts';
 import { evaluateFirstStage } from '../eval/first-stage-eval.ts';
 import { formatRecallTable } from '../eval/recall.ts';
-import { RETRIEVER_BATCHINGS, type RetrieverBatching, benchmarkTripleSource, keywordPairNames, trainRetriever, withKeywordPairs } from '../retriever.ts';
+import { RETRIEVER_BATCHINGS, type RetrieverBatching, benchmarkTripleSource, parseTaskWeights, keywordPairNames, trainRetriever, withKeywordPairs } from '../retriever.ts';
 import { foldOfBase, foldOfQuery, parseFold, queryFolds } from '../cross-fit.ts';
 import { positiveFlags } from './flags.ts';
 
@@ -46,6 +47,7 @@ const { values: a } = parseArgs({
     'holdout-fold': { type: 'string' },
     trigrams: { type: 'string' },
     'trigram-buckets': { type: 'string', default: '8192' },
+    'task-weights': { type: 'string', default: '' },
   },
 });
 if (!a.base) throw new Error('--base <pre-trained checkpoint folder> is required');
@@ -68,6 +70,8 @@ if (trigrams && !(Number.isInteger(trigrams.dim) && trigrams.dim > 0 && Number.i
   throw new Error(`--trigrams and --trigram-buckets must be positive integers, got ${a.trigrams} and ${a['trigram-buckets']}`);
 }
 const evalTasks = taskList('eval-tasks');
+const taskWeights = parseTaskWeights(a['task-weights']!, '--task-weights');
+const weightTag = Object.entries(taskWeights).map(([t, w]) => `-w${t}x${w}`).join('');
 
 const ctx = await init();
 console.log(`adapter: ${ctx.description}`);
@@ -83,10 +87,10 @@ const keepName = (base: string) => !holdout || foldOfBase(base, holdout.folds) !
 // The evaluation reads the validation split; only the chosen tasks' queries stay in it.
 const evalBench = { ...bench, queries: { ...bench.queries, val: bench.queries.val.filter((q) => evalTasks.has(q.task_id)) } };
 for (const { pooling, batching, embedDim, name } of variants) {
-  const out = join(a.out!, `${name}${keywordShare ? `-kw${keywordShare}` : ''}${trigrams ? `-tri${trigrams.dim}` : ''}-${steps}x${batch}${holdout ? `-fold${holdout.fold}of${holdout.folds}` : ''}`);
+  const out = join(a.out!, `${name}${keywordShare ? `-kw${keywordShare}` : ''}${trigrams ? `-tri${trigrams.dim}` : ''}${weightTag}-${steps}x${batch}${holdout ? `-fold${holdout.fold}of${holdout.folds}` : ''}`);
   mkdirSync(out, { recursive: true });
   const t0 = performance.now();
-  let source = benchmarkTripleSource(trainQueries, byDid, images, 1, batching);
+  let source = benchmarkTripleSource(trainQueries, byDid, images, 1, batching, taskWeights);
   if (keywordShare) source = withKeywordPairs(source, await keywordPairNames(a.data!, keepName), byDid, images, keywordShare, 1);
   const { retriever } = await trainRetriever(() => Retriever.fromBase(a.base!, embedDim, 1, undefined, pooling, trigrams), source, {
     steps, batchSize: batch, lr, outDir: out, checkpointEvery: 50, resume: true, logEvery: 25,
