@@ -407,11 +407,19 @@ export class Retriever implements Embedder {
     const B = layouts.length;
     const lex = tfidf.dense(layouts.map((l) => this.contentText(l)));
     const V = tfidf.size;
-    // A text whose trigrams the corpus lacks has a short (or zero) lexical row, as its
-    // TF-IDF cosine with every candidate is; it still counts as a text.
-    const scale = new Float32Array(B);
-    layouts.forEach((l, b) => (scale[b] = charNgrams(this.contentText(l)).length ? Math.sqrt(1 - weight) : 1));
+    const scale = this.denseScales(layouts)!;
     return concat([mul(dense, fromArray(scale, [B, 1])), mulScalar(fromArray(lex, [B, V]), Math.sqrt(weight))], 1);
+  }
+
+  /**
+   * The factor on each input's dense part: sqrt(1 - weight) for a text, 1 without text;
+   * null without a lexical part. A text whose trigrams the corpus lacks has a short (or
+   * zero) lexical row, as its TF-IDF cosine with every candidate is; it still counts as a text.
+   */
+  denseScales(layouts: readonly SequenceLayout[]): Float32Array | null {
+    if (!this.lexical) return null;
+    const a = Math.sqrt(1 - this.lexical.weight);
+    return Float32Array.from(layouts, (l) => (charNgrams(this.contentText(l)).length ? a : 1));
   }
 
   /** The backbone's embedding (with the trigram part, when there is one), unit-norm [B, projDim + trigram dim]. */

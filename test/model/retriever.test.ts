@@ -360,6 +360,43 @@ describe('retriever training', () => {
     r.dispose();
   });
 
+  it('a hybrid retriever\'s logits: (1 - w) dense + w TF-IDF cosine between texts, the dense cosine alone for every other pair', async () => {
+    const r = Retriever.create(config, tok, E, 4);
+    const tfidf = TfIdf.fit([...captions, ...words, ...glosses]);
+    const w = 0.6;
+    const hybrid = r.withLexical({ tfidf, weight: w });
+    // Image -> text with a text negative, text -> text, and an image -> image pair.
+    const batch: Triple[] = [triples[0], triples[5], { query: { image: picture(2) }, positive: { image: picture(3) }, positiveId: 'img3' }];
+    const { logits } = noGrad(() => tidy(() => contrastiveLogits(hybrid, batch, fromArray([20], [1]))));
+    const l = (await logits.toArray()) as Float32Array;
+    logits.dispose();
+    const queries = batch.map((t) => t.query);
+    const cols = [...batch.map((t) => t.positive), batch[0].negative!];
+    const dq = (await embedRows(r, queries)).a;
+    const dc = (await embedRows(r, cols)).a;
+    const textOf = (x: { text?: string }) => x.text ?? '';
+    const cosine = (x: string, y: string) => {
+      const a = tfidf.weights(x);
+      let s = 0;
+      for (const [g, v] of tfidf.weights(y)) s += v * (a.get(g) ?? 0);
+      return s;
+    };
+    expect(logits.shape).toEqual([3, 4]);
+    let textPairs = 0;
+    for (let i = 0; i < 3; i++) {
+      for (let j = 0; j < 4; j++) {
+        let d = 0;
+        for (let k = 0; k < E; k++) d += dq[i * E + k] * dc[j * E + k];
+        const both = !!textOf(queries[i]) && !!textOf(cols[j]);
+        if (both) textPairs++;
+        const ref = 20 * (both ? (1 - w) * d + w * cosine(textOf(queries[i]), textOf(cols[j])) : d);
+        expect(l[i * 4 + j], `row ${i}, column ${j}`).toBeCloseTo(ref, 3);
+      }
+    }
+    expect(textPairs).toBe(3); // the text query against the three text columns
+    r.dispose();
+  });
+
   it('task-batched triples: one task per batch, tasks in turn, each task in its own seeded order, deterministic', () => {
     // 10 triples of task 3, 6 of task 1, 2 of task 6 (too few for a batch of 3).
     const tasks = [...Array(10).fill(3), ...Array(6).fill(1), 6, 6];

@@ -5,7 +5,7 @@
 //   npx tsx train/experiments/retriever-variants.ts --base <pretrain final> [--steps 200]
 //     [--batch 32] [--lr 1e-3] [--variants mean/mixed,bag-max/mixed/512] [--out runs/retriever-variants]
 //     [--train-tasks 0,1,3,4,6] [--eval-tasks 0,1,3,4,6] [--keyword-share 0] [--holdout-fold i/F]
-//     [--trigrams <dim> [--trigram-buckets 8192]] [--task-weights 1:3]
+//     [--trigrams <dim> [--trigram-buckets 8192]] [--task-weights 1:3] [--lexical-weight 0.6]
 //
 // A variant is <pooling>/<batching>[/<embedding width, default 64>] (model/retriever.ts
 // Pooling; train/retriever.ts RetrieverBatching). Each trains into
@@ -17,12 +17,15 @@
 // for a retriever that ranks fold i as it would rank unseen queries; its folder gets -fold<i>of<F>.
 // --trigrams adds a letter-trigram part of that width (model/trigrams.ts); the folder gets -tri<dim>.
 // --task-weights <task>:<turns>,... gives those tasks more turns of one-task batches (taskBatchedTripleSource); the folder gets -w<task>x<turns>.
+// --lexical-weight trains with the lexical part attached (model/retriever.ts LexicalSettings; TF-IDF of the pool's texts),
+// so text-text pairs train on the hybrid score; the folder gets -lex<weight>.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { init } from '../../runtime/index.ts';
 import { Mllm } from '../../model/mllm.ts';
 import { POOLINGS, type Pooling, Retriever } from '../../model/retriever.ts';
+import { TfIdf } from '../../model/lexical.ts';
 import { loadBenchmark } from '../data/emoji-benchmark.ts';
 import { ImageStore } from '../data/inputs.ts';
 import { parseTaskIds } from '../data/mbeir.ts';
@@ -48,6 +51,7 @@ const { values: a } = parseArgs({
     trigrams: { type: 'string' },
     'trigram-buckets': { type: 'string', default: '8192' },
     'task-weights': { type: 'string', default: '' },
+    'lexical-weight': { type: 'string', default: '0' },
   },
 });
 if (!a.base) throw new Error('--base <pre-trained checkpoint folder> is required');
@@ -71,6 +75,8 @@ if (trigrams && !(Number.isInteger(trigrams.dim) && trigrams.dim > 0 && Number.i
 }
 const evalTasks = taskList('eval-tasks');
 const taskWeights = parseTaskWeights(a['task-weights']!, '--task-weights');
+const lexicalWeight = Number(a['lexical-weight']);
+if (!(lexicalWeight >= 0 && lexicalWeight < 1)) throw new Error(`--lexical-weight must be a number from 0 (none) to below 1, got ${a['lexical-weight']}`);
 const weightTag = Object.entries(taskWeights).map(([t, w]) => `-w${t}x${w}`).join('');
 
 const ctx = await init();
@@ -87,12 +93,16 @@ const keepName = (base: string) => !holdout || foldOfBase(base, holdout.folds) !
 // The evaluation reads the validation split; only the chosen tasks' queries stay in it.
 const evalBench = { ...bench, queries: { ...bench.queries, val: bench.queries.val.filter((q) => evalTasks.has(q.task_id)) } };
 for (const { pooling, batching, embedDim, name } of variants) {
-  const out = join(a.out!, `${name}${keywordShare ? `-kw${keywordShare}` : ''}${trigrams ? `-tri${trigrams.dim}` : ''}${weightTag}-${steps}x${batch}${holdout ? `-fold${holdout.fold}of${holdout.folds}` : ''}`);
+  const out = join(a.out!, `${name}${keywordShare ? `-kw${keywordShare}` : ''}${trigrams ? `-tri${trigrams.dim}` : ''}${weightTag}${lexicalWeight ? `-lex${lexicalWeight}` : ''}-${steps}x${batch}${holdout ? `-fold${holdout.fold}of${holdout.folds}` : ''}`);
   mkdirSync(out, { recursive: true });
   const t0 = performance.now();
   let source = benchmarkTripleSource(trainQueries, byDid, images, 1, batching, taskWeights);
   if (keywordShare) source = withKeywordPairs(source, await keywordPairNames(a.data!, keepName), byDid, images, keywordShare, 1);
-  const { retriever } = await trainRetriever(() => Retriever.fromBase(a.base!, embedDim, 1, undefined, pooling, trigrams), source, {
+  const start = async () => {
+    const r = await Retriever.fromBase(a.base!, embedDim, 1, undefined, pooling, trigrams);
+    return lexicalWeight ? r.withLexical({ tfidf: TfIdf.fit(bench.pool.map((c) => c.txt)), weight: lexicalWeight }) : r;
+  };
+  const { retriever } = await trainRetriever(start, source, {
     steps, batchSize: batch, lr, outDir: out, checkpointEvery: 50, resume: true, logEvery: 25,
   });
   console.log(`${name}: trained in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
