@@ -16,6 +16,7 @@
 // position is read by gathering rows (no key-padding mask needed). The images of the
 // batch go through the vision encoder together (one batch per image size), and the input
 // rows are assembled with one indexSelect from [token rows; image rows].
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   type Tensor,
@@ -38,7 +39,6 @@ import {
   rsqrt,
   sum,
 } from '../runtime/index.ts';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { CheckpointError, loadCheckpointTensors, readConfig, saveCheckpoint, writeJsonAtomic } from './checkpoint.ts';
 import { TfIdf, type TfIdfJson, charNgrams } from './lexical.ts';
 import { type Preprocessed, patchPositions, patchify } from './image.ts';
@@ -105,8 +105,10 @@ export interface TrigramSettings {
  * dense and a sparse retriever. An input without text keeps its dense part whole and a
  * zero lexical part: between it and anything the score is the dense cosine times 1 or
  * sqrt(1 - weight), the same factor for every candidate of one modality, so rankings of
- * images, or by an image, are the dense part's. Nothing here is trained: the part is fixed
- * once the corpus is, and attached to a trained retriever (`withLexical`).
+ * images, or by an image, are the dense part's. The part has no parameters: it is fixed once
+ * the corpus is, and the pipeline attaches it to the trained dense model (`withLexical`);
+ * training with it attached puts text-text pairs on the hybrid score (train/retriever.ts
+ * contrastiveLogits).
  */
 export interface LexicalSettings {
   /** The TF-IDF cosine's share of a text-text score, in (0, 1). */
