@@ -32,6 +32,7 @@ import {
   max,
   mul,
   mulScalar,
+  noGrad,
   randn,
   requireGrad,
   reshape,
@@ -51,6 +52,8 @@ export const PROJ = 'retriever.proj.weight';
 export const TRIGRAMS = 'retriever.trigrams.weight';
 /** The lexical part's vocabulary and document frequencies, beside config.json. */
 export const LEXICAL_FILE = 'lexical.json';
+/** The text expert's own retriever checkpoint, a folder beside config.json. */
+export const TEXT_EXPERT_DIR = 'text-expert';
 
 /** The E5-V style prompt around the content (text of the prefix and of the suffix). */
 export interface RetrieverPrompt {
@@ -127,11 +130,26 @@ export interface RetrieverSettings {
   trigrams?: TrigramSettings;
   /** Absent: no lexical part. */
   lexical?: LexicalSettings;
+  /** Absent: no text expert (its checkpoint is the text-expert/ folder). */
+  textExpert?: { weight: number };
 }
 
 /** A fitted lexical part: the TF-IDF and its weight. */
 export interface Lexical {
   tfidf: TfIdf;
+  weight: number;
+}
+
+/**
+ * A text expert: a second, text-only retriever (trained on text -> text pairs) whose
+ * embedding of an input's text is appended, times sqrt(weight), beside the lexical part,
+ * on the same terms: only inputs with text carry it, so it changes text-text scores alone,
+ * which become (1 - lexical - expert weight) dense + expert weight * the expert's cosine +
+ * lexical weight * TF-IDF cosine. The shared multimodal model is weak on text -> text; a
+ * model that sees nothing else learns it (README, the hybrid retriever's section).
+ */
+export interface TextExpert {
+  model: Retriever;
   weight: number;
 }
 
@@ -171,6 +189,8 @@ export class Retriever implements Embedder {
     readonly trigramTable?: Tensor,
     /** The lexical part (its settings come from here, not from `settings`). */
     readonly lexical?: Lexical,
+    /** The text expert (owned: disposed with this retriever). */
+    readonly expert?: TextExpert,
   ) {
     const D = mllm.config.llm.hidden;
     this.projDim = settings.embedDim ?? proj.shape[0];
@@ -185,7 +205,12 @@ export class Retriever implements Embedder {
     this.trigrams = t;
     if (lexical && !(lexical.weight > 0 && lexical.weight < 1)) throw new RangeError(`retriever: the lexical weight must be between 0 and 1 (exclusive), got ${lexical.weight}`);
     if (lexical && !lexical.tfidf.size) throw new RangeError('retriever: the lexical part has an empty vocabulary (a corpus without text?)');
-    this.embedDim = this.projDim + (t?.dim ?? 0) + (lexical?.tfidf.size ?? 0);
+    if (expert) {
+      if (!(expert.weight > 0 && expert.weight < 1)) throw new RangeError(`retriever: the text expert's weight must be between 0 and 1 (exclusive), got ${expert.weight}`);
+      if (expert.model.lexical || expert.model.expert) throw new RangeError('retriever: a text expert must be a plain dense retriever (no lexical part, no expert of its own)');
+    }
+    if (!(this.textWeights().dense > 0)) throw new RangeError(`retriever: the lexical (${lexical?.weight ?? 0}) and text expert (${expert?.weight ?? 0}) weights must leave the dense part a share (sum below 1)`);
+    this.embedDim = this.projDim + (t?.dim ?? 0) + (expert?.model.embedDim ?? 0) + (lexical?.tfidf.size ?? 0);
     this.prompt = settings.prompt ?? DEFAULT_PROMPT;
     this.pooling = settings.pooling ?? 'last';
     if (!POOLINGS.includes(this.pooling)) throw new RangeError(`retriever: pooling must be one of ${POOLINGS.join(', ')}, got '${String(this.pooling)}'`);
@@ -242,8 +267,16 @@ export class Retriever implements Embedder {
         pooling: this.pooling,
         ...(this.trigrams ? { trigrams: this.trigrams } : {}),
         ...(this.lexical ? { lexical: { weight: this.lexical.weight, grams: this.lexical.tfidf.size } } : {}),
+        ...(this.expert ? { textExpert: { weight: this.expert.weight } } : {}),
       },
     };
+  }
+
+  /** The shares of a text-text score: dense, text expert, lexical (they sum to 1). */
+  textWeights(): { dense: number; expert: number; lexical: number } {
+    const expert = this.expert?.weight ?? 0;
+    const lexical = this.lexical?.weight ?? 0;
+    return { dense: 1 - expert - lexical, expert, lexical };
   }
 
   /**
@@ -251,7 +284,16 @@ export class Retriever implements Embedder {
    * weights, so dispose only one of the two. Its embeddings are wider (embedDim).
    */
   withLexical(lexical: Lexical): Retriever {
-    return new Retriever(this.mllm, this.proj, { embedDim: this.projDim, prompt: this.prompt, pooling: this.pooling, trigrams: this.trigrams }, this.trigramTable, lexical);
+    return new Retriever(this.mllm, this.proj, this.ownSettings(), this.trigramTable, lexical, this.expert);
+  }
+
+  /** The same model with a text expert (taken over; the weights are shared as with withLexical). */
+  withTextExpert(expert: TextExpert): Retriever {
+    return new Retriever(this.mllm, this.proj, this.ownSettings(), this.trigramTable, this.lexical, expert);
+  }
+
+  private ownSettings(): Partial<RetrieverSettings> {
+    return { embedDim: this.projDim, prompt: this.prompt, pooling: this.pooling, trigrams: this.trigrams };
   }
 
   /** Every trainable tensor: the backbone's, then the projection (and the trigram table). */
@@ -264,6 +306,7 @@ export class Retriever implements Embedder {
     params.set(PROJ, this.proj);
     if (this.trigramTable) params.set(TRIGRAMS, this.trigramTable);
     // Before config.json, which is written last: a folder with a config is complete.
+    if (this.expert) await this.expert.model.save(join(dir, TEXT_EXPERT_DIR));
     if (this.lexical) {
       mkdirSync(dir, { recursive: true });
       writeJsonAtomic(join(dir, LEXICAL_FILE), this.lexical.tfidf.toJSON());
@@ -279,8 +322,9 @@ export class Retriever implements Embedder {
       throw new Error(`checkpoint ${dir}: config.json is not a retrv retriever config (needs llm, vision and retriever sections)`);
     }
     const tokenizer = loadTokenizer(join(dir, 'tokenizer.json'));
-    const { embedDim, prompt, pooling, trigrams, lexical } = config.retriever;
+    const { embedDim, prompt, pooling, trigrams, lexical, textExpert } = config.retriever;
     const tfidf = lexical ? readLexical(dir, lexical) : undefined;
+    if (textExpert && !existsSync(join(dir, TEXT_EXPERT_DIR, 'config.json'))) throw new CheckpointError(`checkpoint ${dir}: config.json has a text expert but ${TEXT_EXPERT_DIR}/config.json is missing`);
     const expected = { ...Mllm.parameterShapes(config), [PROJ]: [embedDim, config.llm.hidden], ...(trigrams ? { [TRIGRAMS]: [trigrams.buckets, trigrams.dim] } : {}) };
     const tensors = await loadCheckpointTensors(dir, expected);
     for (const [name, t] of tensors) {
@@ -298,11 +342,21 @@ export class Retriever implements Embedder {
       vision: config.vision,
       imageSize: config.imageSize,
     };
-    return new Retriever(new Mllm(mllmConfig, tensors, tokenizer), proj, { embedDim, prompt, pooling, trigrams }, table, tfidf && { tfidf, weight: lexical!.weight });
+    const mllm = new Mllm(mllmConfig, tensors, tokenizer);
+    const expertModel = textExpert ? await Retriever.load(join(dir, TEXT_EXPERT_DIR)) : undefined;
+    try {
+      return new Retriever(mllm, proj, { embedDim, prompt, pooling, trigrams }, table, tfidf && { tfidf, weight: lexical!.weight }, expertModel && { model: expertModel, weight: textExpert!.weight });
+    } catch (e) {
+      for (const t of [...mllm.parameterList(), proj, ...(table ? [table] : [])]) t.dispose();
+      expertModel?.dispose();
+      throw e;
+    }
   }
 
+  /** Frees the weights (the text expert's too). */
   dispose(): void {
     for (const t of this.parameterList()) t.dispose();
+    this.expert?.model.dispose();
   }
 
   /** The prompt parts of one input. */
@@ -404,24 +458,43 @@ export class Retriever implements Embedder {
   /** Unit-norm embeddings [B, E] of laid-out sequences (see LexicalSettings for the one exception). */
   embedLayouts(layouts: readonly SequenceLayout[]): Tensor {
     const dense = this.denseEmbeddings(layouts);
-    if (!this.lexical) return dense;
-    const { tfidf, weight } = this.lexical;
+    if (!this.lexical && !this.expert) return dense;
     const B = layouts.length;
-    const lex = tfidf.dense(layouts.map((l) => this.contentText(l)));
-    const V = tfidf.size;
-    const scale = this.denseScales(layouts)!;
-    return concat([mul(dense, fromArray(scale, [B, 1])), mulScalar(fromArray(lex, [B, V]), Math.sqrt(weight))], 1);
+    const texts = layouts.map((l) => this.contentText(l));
+    const parts = [mul(dense, fromArray(this.denseScales(layouts)!, [B, 1]))];
+    if (this.expert) parts.push(this.expertEmbeddings(texts));
+    if (this.lexical) {
+      const { tfidf, weight } = this.lexical;
+      parts.push(mulScalar(fromArray(tfidf.dense(texts), [B, tfidf.size]), Math.sqrt(weight)));
+    }
+    return concat(parts, 1);
   }
 
   /**
-   * The factor on each input's dense part: sqrt(1 - weight) for a text, 1 without text;
-   * null without a lexical part. A text whose trigrams the corpus lacks has a short (or
-   * zero) lexical row, as its TF-IDF cosine with every candidate is; it still counts as a text.
+   * The factor on each input's dense part: sqrt of the dense share of a text-text score for
+   * a text, 1 without text; null without a lexical part or text expert. A text whose
+   * trigrams the corpus lacks has a short (or zero) lexical row, as its TF-IDF cosine with
+   * every candidate is; it still counts as a text.
    */
   denseScales(layouts: readonly SequenceLayout[]): Float32Array | null {
-    if (!this.lexical) return null;
-    const a = Math.sqrt(1 - this.lexical.weight);
+    if (!this.lexical && !this.expert) return null;
+    const a = Math.sqrt(this.textWeights().dense);
     return Float32Array.from(layouts, (l) => (charNgrams(this.contentText(l)).length ? a : 1));
+  }
+
+  /** The text expert's embeddings of the texts times sqrt(its weight), zero rows for inputs without text; no gradient (the expert is fixed here). */
+  private expertEmbeddings(texts: readonly string[]): Tensor {
+    const { model, weight } = this.expert!;
+    const E = model.embedDim;
+    const B = texts.length;
+    const withText = texts.flatMap((t, i) => (charNgrams(t).length ? [i] : []));
+    const zero = fromArray(new Float32Array(E), [1, E]);
+    if (!withText.length) return indexSelect(zero, 0, fromArray(new Int32Array(B), [B], 'i32'));
+    const e = noGrad(() => model.embed(withText.map((i) => ({ text: texts[i] }))));
+    // Row b: its expert row, or the zero row after them.
+    const at = new Int32Array(B).fill(withText.length);
+    withText.forEach((i, r) => (at[i] = r));
+    return mulScalar(indexSelect(concat([e, zero], 0), 0, fromArray(at, [B], 'i32')), Math.sqrt(weight));
   }
 
   /** The backbone's embedding (with the trigram part, when there is one), unit-norm [B, projDim + trigram dim]. */

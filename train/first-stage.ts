@@ -9,6 +9,7 @@
 //                          [--pooling mean|last|bag-max|mean+bag-max] [--embed-dim 64]
 //                          [--keyword-share 0] [--batching mixed|task] [--trigrams 0 (width)]
 //                          [--task-weights ''] [--lexical-weight 0]
+//                          [--text-expert-steps 0] [--text-expert-weight 0.2]
 //                          [--eval-per-task 0 (all)] [--seed 1] [--quiet]
 //
 // Every stage resumes from its checkpoint when interrupted, and is skipped when its
@@ -34,6 +35,8 @@ const { values: a } = parseArgs({
     trigrams: { type: 'string', default: '0' },
     'task-weights': { type: 'string', default: '' },
     'lexical-weight': { type: 'string', default: '0' },
+    'text-expert-steps': { type: 'string', default: '0' },
+    'text-expert-weight': { type: 'string', default: '0.2' },
     'eval-per-task': { type: 'string', default: '0' },
     seed: { type: 'string', default: '1' },
     quiet: { type: 'boolean', default: false },
@@ -53,6 +56,9 @@ if (!(share >= 0 && share < 1)) throw new Error(`--keyword-share must be a numbe
 const lexicalWeight = Number(a['lexical-weight']);
 if (!(lexicalWeight >= 0 && lexicalWeight < 1)) throw new Error(`--lexical-weight must be a number from 0 (no lexical part) to below 1, got ${a['lexical-weight']}`);
 if (Object.keys(parseTaskWeights(a['task-weights']!, '--task-weights')).length && a.batching !== 'task') throw new Error('--task-weights needs --batching task');
+const expertSteps = num('text-expert-steps', a['text-expert-steps']);
+const expertWeight = Number(a['text-expert-weight']);
+if (expertSteps && !(expertWeight > 0 && expertWeight + lexicalWeight < 1)) throw new Error(`--text-expert-weight must be above 0, and with --lexical-weight below 1, got ${a['text-expert-weight']}`);
 const base = PIPELINE_CONFIGS[preset.name] ?? PIPELINE_CONFIGS.tiny;
 const config: PipelineConfig = {
   ...base,
@@ -60,7 +66,7 @@ const config: PipelineConfig = {
   data: a.data!,
   seed: num('seed', a.seed),
   pretrain: { steps: num('pretrain-steps', a['pretrain-steps'], 1), batch, lr: 3e-3 },
-  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching, embedDim: num('embed-dim', a['embed-dim'], 1), keywordShare: share, trigramDim: num('trigrams', a.trigrams), trigramBuckets: 8192, taskWeights: a['task-weights']!, lexicalWeight },
+  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching, embedDim: num('embed-dim', a['embed-dim'], 1), keywordShare: share, trigramDim: num('trigrams', a.trigrams), trigramBuckets: 8192, taskWeights: a['task-weights']!, lexicalWeight, textExpert: { ...base.retriever.textExpert, batch, steps: expertSteps, weight: expertSteps ? expertWeight : 0 } },
   firstStage: { perTask: num('eval-per-task', a['eval-per-task']), crossFit: 0 },
 };
 await runPipeline({

@@ -25,7 +25,7 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { init } from '../runtime/index.ts';
-import { POOLINGS, type Pooling, Retriever } from '../model/retriever.ts';
+import { POOLINGS, type Pooling, Retriever, TEXT_EXPERT_DIR } from '../model/retriever.ts';
 import { TfIdf } from '../model/lexical.ts';
 import { getPreset } from '../model/presets.ts';
 import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from './data/emoji-benchmark.ts';
@@ -65,7 +65,9 @@ export interface PipelineConfig {
    * taskWeights: more turns of one-task batches for some tasks, "<task>:<turns>,..." ("" =
    * every task one turn; train/retriever.ts taskBatchedTripleSource). lexicalWeight: the
    * share of a text-text score given to character-trigram TF-IDF fitted on the pool's texts
-   * (model/retriever.ts LexicalSettings; 0 = a dense retriever).
+   * (model/retriever.ts LexicalSettings; 0 = a dense retriever). textExpert: a text-only
+   * retriever trained on the text -> text queries and keyword pairs (steps 0 = none), its
+   * embedding beside the others' for texts at `weight` (model/retriever.ts TextExpert).
    */
   retriever: {
     steps: number;
@@ -79,6 +81,7 @@ export interface PipelineConfig {
     trigramBuckets: number;
     taskWeights: string;
     lexicalWeight: number;
+    textExpert: { steps: number; batch: number; lr: number; pooling: Pooling; embedDim: number; keywordShare: number; weight: number };
   };
   /**
    * perTask: test queries per task for the first-stage recall table (0 = all). crossFit: 0
@@ -146,7 +149,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 300, batch: 16, lr: 3e-3 },
-    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0 },
+    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0, textExpert: { steps: 0, batch: 32, lr: 1e-3, pooling: 'bag-max', embedDim: 512, keywordShare: 0.5, weight: 0 } },
     firstStage: { perTask: 40, crossFit: 0 },
     align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
     pointing: [],
@@ -162,7 +165,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 450, batch: 16, lr: 2e-3 },
-    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0 },
+    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0, textExpert: { steps: 0, batch: 32, lr: 1e-3, pooling: 'bag-max', embedDim: 512, keywordShare: 0.5, weight: 0 } },
     firstStage: { perTask: 0, crossFit: 0 },
     align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
     pointing: [],
@@ -246,6 +249,14 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   }
   if (!(cfg.retriever.lexicalWeight >= 0 && cfg.retriever.lexicalWeight < 1)) throw new Error(`${nameOrFile}.retriever.lexicalWeight: ${JSON.stringify(cfg.retriever.lexicalWeight)} must be a number from 0 (no lexical part) to below 1`);
   if (typeof cfg.retriever.taskWeights !== 'string') throw new Error(`${nameOrFile}.retriever.taskWeights: must be a string "<task>:<turns>,...", e.g. "1:3" ("" for none)`);
+  const te = cfg.retriever.textExpert;
+  if (!Number.isInteger(te.steps) || te.steps < 0) throw new Error(`${nameOrFile}.retriever.textExpert.steps: ${JSON.stringify(te.steps)} must be a whole number (0 = no text expert)`);
+  if (te.steps) {
+    if (!(te.weight > 0 && te.weight + cfg.retriever.lexicalWeight < 1)) throw new Error(`${nameOrFile}.retriever.textExpert.weight: ${te.weight} must be above 0, and with lexicalWeight (${cfg.retriever.lexicalWeight}) below 1`);
+    if (!POOLINGS.includes(te.pooling)) throw new Error(`${nameOrFile}.retriever.textExpert.pooling: '${te.pooling}' is not one of ${POOLINGS.join(', ')}`);
+    if (!Number.isInteger(te.embedDim) || te.embedDim < 1 || !Number.isInteger(te.batch) || te.batch < 2 || !(te.lr > 0)) throw new Error(`${nameOrFile}.retriever.textExpert: embedDim must be a positive integer, batch at least 2, lr above 0`);
+    if (!(te.keywordShare >= 0 && te.keywordShare < 1)) throw new Error(`${nameOrFile}.retriever.textExpert.keywordShare: ${te.keywordShare} must be a number from 0 (none) to below 1`);
+  }
   const taskWeights = parseTaskWeights(cfg.retriever.taskWeights, `${nameOrFile}.retriever.taskWeights`);
   if (Object.keys(taskWeights).length && cfg.retriever.batching !== 'task') throw new Error(`${nameOrFile}.retriever.taskWeights: needs batching 'task' (one task per batch), not '${cfg.retriever.batching}'`);
   if (!Number.isInteger(cfg.firstStage.crossFit) || cfg.firstStage.crossFit < 0 || cfg.firstStage.crossFit === 1) {
@@ -410,14 +421,14 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
 
   // First-stage retriever; with cross-fitted training rankings, one more per held-out fold.
   const crossFit = usesTrainRankings(c) ? c.firstStage.crossFit : 0;
-  const trainRetrieverInto = async (outDir: string, label: string, keep: (q: MbeirQuery) => boolean, keepName: (base: string) => boolean) => {
+  const trainRetrieverInto = async (outDir: string, label: string, keep: (q: MbeirQuery) => boolean, keepName: (base: string) => boolean, withExpert = false) => {
     const base = input(s.pretrain, 'the pre-trained base model', 'retriever');
     const queries = bench.queries.train.filter(keep);
     let source = benchmarkTripleSource(queries, byDid, images, c.seed, c.retriever.batching, parseTaskWeights(c.retriever.taskWeights, 'retriever.taskWeights'));
     const names = c.retriever.keywordShare > 0 ? await keywordPairNames(c.data, keepName) : [];
     if (names.length) source = withKeywordPairs(source, names, byDid, images, c.retriever.keywordShare, c.seed);
     log(`${label}: ${queries.length} training queries${names.length ? `, keyword pairs of ${names.length} names` : ''}`);
-    await run(label, c.retriever.steps, async (p) => {
+    const dense = await run(label, c.retriever.steps, async (p) => {
       const { retriever } = await trainRetriever(() => Retriever.fromBase(base, c.retriever.embedDim, c.seed, undefined, c.retriever.pooling, c.retriever.trigramDim ? { buckets: c.retriever.trigramBuckets, dim: c.retriever.trigramDim } : undefined), source, {
         steps: c.retriever.steps,
         batchSize: c.retriever.batch,
@@ -429,13 +440,46 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
         log: via(p),
         onStep: (x) => p.update(x.step, { loss: x.loss, 'in-batch acc': x.accuracy }), // step counts from 1 here
       });
+      return retriever;
+    });
+    let hybrid = dense;
+    try {
       // The lexical part is fixed, not trained: attached once the dense model is.
       const w = c.retriever.lexicalWeight;
-      await (w ? retriever.withLexical({ tfidf: TfIdf.fit(bench.pool.map((x) => x.txt)), weight: w }) : retriever).save(join(outDir, 'final'));
-      retriever.dispose();
-    });
+      if (w) hybrid = hybrid.withLexical({ tfidf: TfIdf.fit(bench.pool.map((x) => x.txt)), weight: w });
+      if (withExpert) {
+        const expert = await run('text expert', c.retriever.textExpert.steps, (p) => trainTextExpert(join(outDir, TEXT_EXPERT_DIR), base, keep, keepName, p));
+        hybrid = hybrid.withTextExpert({ model: expert, weight: c.retriever.textExpert.weight });
+      }
+      await hybrid.save(join(outDir, 'final'));
+    } finally {
+      hybrid.dispose();
+    }
   };
-  if (want.has('retriever') && !hasModel(s.retriever)) await trainRetrieverInto(s.retriever, 'retriever', () => true, () => true);
+  /** The text expert: a text-only retriever on the text -> text training queries (and keyword pairs), resumable in its own folder. */
+  const trainTextExpert = async (outDir: string, base: string, keep: (q: MbeirQuery) => boolean, keepName: (base: string) => boolean, p: Progress) => {
+    const te = c.retriever.textExpert;
+    const queries = bench.queries.train.filter((q) => q.task_id === 1 && keep(q));
+    if (!queries.length) throw new Error('retriever.textExpert: the benchmark has no text -> text (task 1) training queries to train it on; set its steps to 0');
+    let source = benchmarkTripleSource(queries, byDid, images, c.seed, 'mixed');
+    const names = te.keywordShare > 0 ? await keywordPairNames(c.data, keepName) : [];
+    if (names.length) source = withKeywordPairs(source, names, byDid, images, te.keywordShare, c.seed);
+    via(p)(`text expert: ${queries.length} text -> text training queries${names.length ? `, keyword pairs of ${names.length} names` : ''}, ${te.steps} steps`);
+    const { retriever } = await trainRetriever(() => Retriever.fromBase(base, te.embedDim, c.seed + 1, undefined, te.pooling), source, {
+      steps: te.steps,
+      batchSize: te.batch,
+      lr: te.lr,
+      outDir,
+      checkpointEvery: 50,
+      resume: true,
+      logEvery: 0,
+      log: via(p),
+      onStep: (x) => p.update(x.step, { 'text expert loss': x.loss }),
+    });
+    return retriever;
+  };
+  // The text expert goes with the main retriever only (the held-out ones rank tasks 4 and 6 for training lists).
+  if (want.has('retriever') && !hasModel(s.retriever)) await trainRetrieverInto(s.retriever, 'retriever', () => true, () => true, c.retriever.textExpert.steps > 0);
   else if (want.has('retriever')) log(`retriever: done (${join(s.retriever, 'final')})`);
   if (want.has('retriever') && crossFit) {
     const folds = await queryFolds(c.data, crossFit);

@@ -301,6 +301,48 @@ describe('retriever embeddings', () => {
     r.dispose();
   });
 
+  it('text expert: a text\'s expert embedding of its text times sqrt(we) between the dense and lexical parts, zero without text; scores and reload as the shares say', async () => {
+    const r = Retriever.create(config, tok, E, 7, DEFAULT_PROMPT, 'mean');
+    const expertModel = Retriever.create(config, tok, 24, 9, DEFAULT_PROMPT, 'bag-max');
+    const tfidf = TfIdf.fit([...captions, ...glosses]);
+    const [we, wl] = [0.3, 0.5];
+    const hybrid = r.withLexical({ tfidf, weight: wl }).withTextExpert({ model: expertModel, weight: we });
+    expect(hybrid.textWeights()).toEqual({ dense: 1 - we - wl, expert: we, lexical: wl });
+    const V = tfidf.size;
+    const W = E + 24 + V;
+    expect(hybrid.embedDim).toBe(W);
+    const inputs = [{ text: 'a red square' }, { text: 'a green circle' }, { image: picture(2), text: 'blue moon' }, { image: picture(1) }];
+    const texts = ['a red square', 'a green circle', 'blue moon', ''];
+    const { a } = await embedRows(hybrid, inputs);
+    const dense = (await embedRows(r, inputs)).a;
+    const ex = (await embedRows(expertModel, texts.slice(0, 3).map((text) => ({ text })))).a;
+    for (let i = 0; i < inputs.length; i++) {
+      const s = texts[i] ? Math.sqrt(1 - we - wl) : 1;
+      expectClose(dense.subarray(i * E, (i + 1) * E).map((v) => v * s), a.subarray(i * W, i * W + E), 1e-6, 1e-6, `dense part of input ${i}`);
+      const ref = texts[i] ? ex.subarray(i * 24, (i + 1) * 24).map((v) => v * Math.sqrt(we)) : new Float32Array(24);
+      expectClose(ref, a.subarray(i * W + E, i * W + E + 24), 1e-5, 1e-5, `expert part of input ${i}`);
+    }
+    // Between two texts: the three cosines by their shares (float64 reference).
+    const dot = (x: ArrayLike<number>, y: ArrayLike<number>) => Array.from(x).reduce((acc, v, j) => acc + v * y[j], 0);
+    const row = (m: Float32Array, i: number, n: number) => m.subarray(i * n, (i + 1) * n);
+    const q = tfidf.weights(texts[0]);
+    let sparse = 0;
+    for (const [g, v] of tfidf.weights(texts[1])) sparse += v * (q.get(g) ?? 0);
+    const want = (1 - we - wl) * dot(row(dense, 0, E), row(dense, 1, E)) + we * dot(row(ex, 0, 24), row(ex, 1, 24)) + wl * sparse;
+    expect(dot(row(a, 0, W), row(a, 1, W))).toBeCloseTo(want, 5);
+    await hybrid.save(join(dir, 'expert'));
+    expect(existsSync(join(dir, 'expert', 'text-expert', 'config.json'))).toBe(true);
+    const back = await Retriever.load(join(dir, 'expert'));
+    expect(back.config.retriever).toMatchObject({ textExpert: { weight: we }, lexical: { weight: wl } });
+    expectClose((await embedRows(back, inputs)).a, a, 0, 0, 'reloaded');
+    back.dispose();
+    expect(() => r.withLexical({ tfidf, weight: 0.6 }).withTextExpert({ model: expertModel, weight: 0.4 })).toThrow(/must leave the dense part a share/);
+    expect(() => r.withTextExpert({ model: hybrid, weight: 0.2 })).toThrow(/must be a plain dense retriever/);
+    rmSync(join(dir, 'expert', 'text-expert'), { recursive: true });
+    await expect(Retriever.load(join(dir, 'expert'))).rejects.toThrow(/has a text expert but text-expert\/config.json is missing/);
+    hybrid.dispose();
+  });
+
   it('saves and loads a checkpoint, and starts from a base model checkpoint', async () => {
     const r = Retriever.create(config, tok, E, 2);
     const inputs = [{ text: 'a blue triangle' }, { image: picture(3) }];

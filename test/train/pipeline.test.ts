@@ -70,6 +70,12 @@ describe('pipeline config', () => {
     expect(() => loadPipelineConfig(f)).toThrow(/pointing\[0\].firstStage: "yes" must be true or false/);
     writeFileSync(f, JSON.stringify({ retriever: { trigramDim: -1 } }));
     expect(() => loadPipelineConfig(f)).toThrow(/retriever.trigramDim: -1 must be a width \(0 = no trigram part\)/);
+    writeFileSync(f, JSON.stringify({ retriever: { lexicalWeight: 1 } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/retriever.lexicalWeight: 1 must be a number from 0 \(no lexical part\) to below 1/);
+    writeFileSync(f, JSON.stringify({ retriever: { lexicalWeight: 0.6, textExpert: { steps: 10, weight: 0.4 } } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/retriever.textExpert.weight: 0.4 must be above 0, and with lexicalWeight \(0.6\) below 1/);
+    writeFileSync(f, JSON.stringify({ retriever: { taskWeights: '1:2' } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/retriever.taskWeights: needs batching 'task'/);
     writeFileSync(f, JSON.stringify({ firstStage: { crossFit: 1 } }));
     expect(() => loadPipelineConfig(f)).toThrow(/firstStage.crossFit: 1 must be 0 \(rank with the retriever itself\) or a number of folds from 2/);
     writeFileSync(f, JSON.stringify({ sft: { decisionTokens: 'index' } }));
@@ -92,7 +98,7 @@ describe('pipeline end to end', () => {
       ...PIPELINE_CONFIGS.tiny,
       data: join(dir, 'data'),
       pretrain: { steps: 3, batch: 4, lr: 3e-3 },
-      retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', batching: 'task', embedDim: 96, keywordShare: 0.25, trigramDim: 16, trigramBuckets: 257, taskWeights: '1:2', lexicalWeight: 0.5 },
+      retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', batching: 'task', embedDim: 96, keywordShare: 0.25, trigramDim: 16, trigramBuckets: 257, taskWeights: '1:2', lexicalWeight: 0.5, textExpert: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', embedDim: 16, keywordShare: 0.5, weight: 0.2 } },
       firstStage: { perTask: 2, crossFit: 2 },
       align: { steps: 2, batch: 2, lr: 1e-3, centre: true },
       pointing: [
@@ -116,6 +122,12 @@ describe('pipeline end to end', () => {
     // The lexical part's TF-IDF is fitted on every text of the pool.
     const lexical = JSON.parse(readFileSync(join(s.retriever, 'final', 'lexical.json'), 'utf8')) as { docs: number };
     expect(lexical.docs).toBe((await loadBenchmark(config.data)).pool.filter((c) => c.txt).length);
+    // The text expert: trained on the text -> text training queries only, saved inside the retriever, not given to the held-out ones.
+    expect(JSON.parse(readFileSync(join(s.retriever, 'final', 'text-expert', 'config.json'), 'utf8')).retriever).toMatchObject({ pooling: 'bag-max', embedDim: 16 });
+    expect(JSON.parse(readFileSync(join(s.retriever, 'final', 'config.json'), 'utf8')).retriever.textExpert).toEqual({ weight: 0.2 });
+    const task1 = (await loadBenchmark(config.data)).queries.train.filter((q) => q.task_id === 1).length;
+    expect(lines.some((l) => l.startsWith(`text expert: ${task1} text -> text training queries, keyword pairs of `))).toBe(true);
+    expect(existsSync(join(heldOutRetrieverDir(runDir, 0, 2), 'final', 'text-expert'))).toBe(false);
     const record = (d: string) => JSON.parse(readFileSync(join(d, 'final', 'sft.json'), 'utf8'));
     // The pointing phases are answer-only, each from the one before; SFT starts from the last.
     expect(record(join(s.pointing, 'phase-1'))).toMatchObject({ trace_style: 'answer', K: 2, easy_share: 1, tasks: [4], max_inspections: 0 });
