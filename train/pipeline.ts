@@ -465,7 +465,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
     const names = te.keywordShare > 0 ? await keywordPairNames(c.data, keepName) : [];
     if (names.length) source = withKeywordPairs(source, names, byDid, images, te.keywordShare, c.seed);
     via(p)(`text expert: ${queries.length} text -> text training queries${names.length ? `, keyword pairs of ${names.length} names` : ''}, ${te.steps} steps`);
-    const { retriever } = await trainRetriever(() => Retriever.fromBase(base, te.embedDim, c.seed + 1, undefined, te.pooling), source, {
+    const { retriever } = await trainRetriever(() => Retriever.fromBase(base, te.embedDim, c.seed, undefined, te.pooling), source, {
       steps: te.steps,
       batchSize: te.batch,
       lr: te.lr,

@@ -5,8 +5,10 @@
 //
 //   npx tsx train/experiments/lexical-weight.ts --retriever <retriever checkpoint>
 //     [--weights 0,0.2,0.4,0.5,0.6,0.7,0.8] [--tasks 1] [--data data/emoji-mbeir] [--out runs/lexical-weight]
-//     [--save <folder>]
+//     [--expert <text-only retriever> --expert-weights 0.1,0.2,0.3] [--save <folder>]
 //
+// With --expert, every pair of a lexical weight and an expert weight (summing below 1) is
+// tried, the expert attached as the retriever's text expert (model/retriever.ts TextExpert).
 // --save writes the retriever with the lexical part at the best weight (highest macro R@10,
 // then R@5, then R@1, over the chosen tasks' validation queries). Weight 0 is the retriever as trained. Only text-text pairs change (LexicalSettings), so
 // task 1 is the one to look at; the other tasks' rows show that they do not move.
@@ -30,12 +32,17 @@ const { values: a } = parseArgs({
     data: { type: 'string', default: 'data/emoji-mbeir' },
     out: { type: 'string', default: 'runs/lexical-weight' },
     save: { type: 'string' },
+    expert: { type: 'string' },
+    'expert-weights': { type: 'string', default: '0' },
   },
 });
 if (!a.retriever) throw new Error('--retriever <retriever checkpoint folder> is required');
 const weights = a.weights!.split(',').map(Number);
 for (const w of weights) if (!(w >= 0 && w < 1)) throw new Error(`--weights: ${w} is not a weight from 0 (no lexical part) to below 1`);
 const tasks = new Set(parseTaskIds(a.tasks!, '--tasks'));
+const expertWeights = a.expert ? a['expert-weights']!.split(',').map(Number) : [0];
+for (const w of expertWeights) if (!(w >= 0 && w < 1)) throw new Error(`--expert-weights: ${w} is not a weight from 0 (no expert) to below 1`);
+const grid = weights.flatMap((weight) => expertWeights.filter((e) => weight + e < 1).map((expertWeight) => ({ weight, expertWeight })));
 
 const ctx = await init();
 console.log(`adapter: ${ctx.description}`);
@@ -44,6 +51,7 @@ const evalBench = { ...bench, queries: { ...bench.queries, val: bench.queries.va
 const tfidf = TfIdf.fit(bench.pool.map((c) => c.txt));
 console.log(`TF-IDF over ${tfidf.size} character trigrams of ${tfidf.docs} pool texts`);
 const dense = await Retriever.load(a.retriever);
+const expertModel = a.expert ? await Retriever.load(a.expert) : undefined;
 const { vision, imageSize, preset } = dense.config;
 const images = new ImageStore({ root: bench.imageRoot, patchSize: vision.patchSize, mergeSize: vision.mergeSize, size: imageSize });
 /** Whether x beats y at the first place they differ. */
@@ -51,26 +59,34 @@ const better = (x: readonly number[], y: readonly number[]) => {
   for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return x[i] > y[i];
   return false;
 };
+/** The retriever with the parts at these weights (0 = without that part); it shares the loaded weights. */
+const attach = (weight: number, expertWeight: number): Retriever => {
+  let r = weight ? dense.withLexical({ tfidf, weight }) : dense;
+  if (expertWeight) r = r.withTextExpert({ model: expertModel!, weight: expertWeight });
+  return r;
+};
 const rows: Record<string, RecallReport> = {};
-let best: { weight: number; key: number[] } | undefined;
+let best: { weight: number; expertWeight: number; key: number[] } | undefined;
 try {
-  for (const weight of weights) {
-    const retriever = weight ? dense.withLexical({ tfidf, weight }) : dense;
-    const out = join(a.out!, `weight-${weight}`);
+  for (const { weight, expertWeight } of grid) {
+    const name = `lexical weight ${weight}${expertModel ? `, expert ${expertWeight}` : ''}`;
+    const retriever = attach(weight, expertWeight);
+    const out = join(a.out!, `weight-${weight}${expertModel ? `-expert-${expertWeight}` : ''}`);
     mkdirSync(out, { recursive: true });
     const reports = await evaluateFirstStage({ bench: evalBench, retriever, images, split: 'val', seed: 1, outDir: out, adapter: ctx.description, preset: preset ?? 'unknown' });
-    rows[`lexical weight ${weight}`] = reports['first stage'];
+    rows[name] = reports['first stage'];
+    rows['character trigram TF-IDF (trivial match)'] = reports['trivial match'];
     const m = reports['first stage'].macro;
     const key = [m['R@10'], m['R@5'], m['R@1']];
-    if (!best || better(key, best.key)) best = { weight, key };
-    rows['character trigram TF-IDF (trivial match)'] = reports['trivial match'];
-    console.log(formatRecallTable(reports['first stage'], `lexical weight ${weight}, validation split`));
+    if (!best || better(key, best.key)) best = { weight, expertWeight, key };
+    console.log(formatRecallTable(reports['first stage'], `${name}, validation split`));
   }
   if (a.save && best) {
-    await (best.weight ? dense.withLexical({ tfidf, weight: best.weight }) : dense).save(a.save);
-    console.log(`saved the retriever with lexical weight ${best.weight} (the best on validation) to ${a.save}`);
+    await attach(best.weight, best.expertWeight).save(a.save);
+    console.log(`saved the retriever with lexical weight ${best.weight}${expertModel ? ` and expert weight ${best.expertWeight}` : ''} (the best on validation) to ${a.save}`);
   }
 } finally {
   dense.dispose();
+  expertModel?.dispose();
 }
 console.log(formatRecallTable(rows, `${a.retriever}, validation split, by lexical weight`));
