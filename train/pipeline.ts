@@ -478,7 +478,8 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
     });
     return retriever;
   };
-  // The text expert goes with the main retriever only (the held-out ones rank tasks 4 and 6 for training lists).
+  // The text expert goes with the main retriever only: a held-out retriever's training lists
+  // would need an expert of its own, trained without its fold (README: cross-fitted lists).
   if (want.has('retriever') && !hasModel(s.retriever)) await trainRetrieverInto(s.retriever, 'retriever', () => true, () => true, c.retriever.textExpert.steps > 0);
   else if (want.has('retriever')) log(`retriever: done (${join(s.retriever, 'final')})`);
   if (want.has('retriever') && crossFit) {

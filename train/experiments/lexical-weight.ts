@@ -9,9 +9,10 @@
 //
 // With --expert, every pair of a lexical weight and an expert weight (summing below 1) is
 // tried, the expert attached as the retriever's text expert (model/retriever.ts TextExpert).
-// --save writes the retriever with the lexical part at the best weight (highest macro R@10,
-// then R@5, then R@1, over the chosen tasks' validation queries). Weight 0 is the retriever as trained. Only text-text pairs change (LexicalSettings), so
-// task 1 is the one to look at; the other tasks' rows show that they do not move.
+// --save writes the retriever with its parts at the best weights (highest macro R@10, then
+// R@5, then R@1, over the chosen tasks' validation queries). Weight 0 leaves a part out.
+// Only text-text pairs change (LexicalSettings), so task 1 is the one to look at; the other
+// tasks' rows show that they do not move.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -89,4 +90,4 @@ try {
   dense.dispose();
   expertModel?.dispose();
 }
-console.log(formatRecallTable(rows, `${a.retriever}, validation split, by lexical weight`));
+console.log(formatRecallTable(rows, `${a.retriever}, validation split, by weights`));
