@@ -31,7 +31,7 @@ import {
   tidy,
   topk,
 } from '../runtime/index.ts';
-import { type Embedder, l2Normalize } from './retriever.ts';
+import { type Embedder, type EmbedRole, l2Normalize } from './retriever.ts';
 import type { QueryInput } from './sequence.ts';
 
 /** Top-k results: per query, candidate ids and cosine scores, best first. */
@@ -58,6 +58,8 @@ export interface PoolItem {
 export interface EmbedPoolOptions {
   /** Inputs per forward pass (default 32). */
   batchSize?: number;
+  /** What the inputs are, for models that embed queries and candidates differently (model/retriever.ts EmbedRole). */
+  role?: EmbedRole;
   /** Called after each batch with the number embedded so far and the total. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -72,7 +74,7 @@ export async function embedPool(model: Embedder, items: readonly PoolItem[], sin
   for (let i = 0; i < items.length; i += bs) {
     const part = items.slice(i, i + bs);
     const inputs = part.map((it) => (typeof it.input === 'function' ? it.input() : it.input));
-    const emb = noGrad(() => tidy(() => model.embed(inputs)));
+    const emb = noGrad(() => tidy(() => model.embed(inputs, opts.role)));
     if (emb.rank !== 2 || emb.shape[0] !== part.length) {
       emb.dispose();
       throw new RangeError(`embedPool: the model returned shape ${shapeStr(emb.shape)} for ${part.length} inputs`);
@@ -129,7 +131,7 @@ export class CorpusIndex implements VectorIndex {
       await embedPool(model, items, (ids, emb) => {
         index.add(ids, emb);
         emb.dispose();
-      }, opts);
+      }, { ...opts, role: 'candidate' });
     } catch (e) {
       index.dispose();
       throw e;
@@ -336,7 +338,7 @@ export async function retrieve(model: Embedder, index: VectorIndex, queries: rea
     } finally {
       emb.dispose();
     }
-  }, opts);
+  }, { ...opts, role: 'query' });
   return out;
 }
 

@@ -169,7 +169,7 @@ export class LanceIndex implements VectorIndex {
         } finally {
           emb.dispose();
         }
-      }, opts),
+      }, { ...opts, role: 'candidate' }),
     );
   }
 

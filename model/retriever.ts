@@ -56,6 +56,8 @@ export const TRIGRAMS = 'retriever.trigrams.weight';
 export const LEXICAL_FILE = 'lexical.json';
 /** The text expert's own retriever checkpoint, a folder beside config.json. */
 export const TEXT_EXPERT_DIR = 'text-expert';
+/** The text -> image expert's own retriever checkpoint, a folder beside config.json. */
+export const TEXT_IMAGE_EXPERT_DIR = 'text-image-expert';
 
 /** The E5-V style prompt around the content (text of the prefix and of the suffix). */
 export interface RetrieverPrompt {
@@ -134,6 +136,8 @@ export interface RetrieverSettings {
   lexical?: LexicalSettings;
   /** Absent: no text expert (its checkpoint is the text-expert/ folder). */
   textExpert?: { weight: number };
+  /** Absent: no text -> image expert (its checkpoint is the text-image-expert/ folder). */
+  textImageExpert?: { weight: number };
 }
 
 /** A fitted lexical part: the TF-IDF and its weight. */
@@ -155,15 +159,38 @@ export interface TextExpert {
   weight: number;
 }
 
+/**
+ * A text -> image expert: a retriever trained on text -> image queries alone. Its part
+ * depends on the role (EmbedRole): a text-only *query* carries the expert's embedding whole;
+ * an image-only *candidate* carries it times sqrt(weight), its other parts times
+ * sqrt(1 - weight); every other input carries a zero part. So a text-only query's score
+ * against an image candidate is sqrt(1 - weight) times its score without the expert plus
+ * sqrt(weight) times the expert's cosine, and nothing else changes rankings: against a
+ * pool of texts the query's extra part meets zeros, and an image query meets every image
+ * candidate's dense part times the same sqrt(1 - weight). (A text-only query's row is then
+ * longer than 1: a factor per query, which no ranking sees.)
+ */
+export interface TextImageExpert {
+  model: Retriever;
+  weight: number;
+}
+
 /** config.json of a retriever checkpoint: the backbone's config plus the retriever's own. */
 export interface RetrieverConfig extends MllmConfig {
   retriever: RetrieverSettings;
 }
 
+/**
+ * What a batch of inputs is: the queries of a search or the candidates of a pool. A model
+ * may embed the two differently, as E5 prefixes "query:" and "passage:"; here only the text
+ * -> image expert does (TextImageExpert). Without a role, an input is embedded as neither.
+ */
+export type EmbedRole = 'query' | 'candidate';
+
 /** What an index needs from a model: inputs to unit-norm embeddings [N, E]. */
 export interface Embedder {
   readonly embedDim: number;
-  embed(inputs: readonly QueryInput[]): Tensor;
+  embed(inputs: readonly QueryInput[], role?: EmbedRole): Tensor;
 }
 
 /** L2 normalisation of the rows of x [N, E] (eps keeps a zero row finite). */
@@ -193,6 +220,8 @@ export class Retriever implements Embedder {
     readonly lexical?: Lexical,
     /** The text expert (owned: disposed with this retriever). */
     readonly expert?: TextExpert,
+    /** The text -> image expert (owned as well). */
+    readonly imageExpert?: TextImageExpert,
   ) {
     const D = mllm.config.llm.hidden;
     this.projDim = settings.embedDim ?? proj.shape[0];
@@ -211,8 +240,13 @@ export class Retriever implements Embedder {
       if (!(expert.weight > 0 && expert.weight < 1)) throw new RangeError(`retriever: the text expert's weight must be between 0 and 1 (exclusive), got ${expert.weight}`);
       if (expert.model.lexical || expert.model.expert) throw new RangeError('retriever: a text expert must be a plain dense retriever (no lexical part, no expert of its own)');
     }
+    if (imageExpert) {
+      if (!(imageExpert.weight > 0 && imageExpert.weight < 1)) throw new RangeError(`retriever: the text -> image expert's weight must be between 0 and 1 (exclusive), got ${imageExpert.weight}`);
+      const m = imageExpert.model;
+      if (m.lexical || m.expert || m.imageExpert) throw new RangeError('retriever: a text -> image expert must be a plain dense retriever (no lexical part, no expert of its own)');
+    }
     if (!(this.textWeights().dense > 0)) throw new RangeError(`retriever: the lexical (${lexical?.weight ?? 0}) and text expert (${expert?.weight ?? 0}) weights must leave the dense part a share (sum below 1)`);
-    this.embedDim = this.projDim + (t?.dim ?? 0) + (expert?.model.embedDim ?? 0) + (lexical?.tfidf.size ?? 0);
+    this.embedDim = this.projDim + (t?.dim ?? 0) + (expert?.model.embedDim ?? 0) + (lexical?.tfidf.size ?? 0) + (imageExpert?.model.embedDim ?? 0);
     this.prompt = settings.prompt ?? DEFAULT_PROMPT;
     this.pooling = settings.pooling ?? 'last';
     if (!POOLINGS.includes(this.pooling)) throw new RangeError(`retriever: pooling must be one of ${POOLINGS.join(', ')}, got '${String(this.pooling)}'`);
@@ -270,6 +304,7 @@ export class Retriever implements Embedder {
         ...(this.trigrams ? { trigrams: this.trigrams } : {}),
         ...(this.lexical ? { lexical: { weight: this.lexical.weight, grams: this.lexical.tfidf.size } } : {}),
         ...(this.expert ? { textExpert: { weight: this.expert.weight } } : {}),
+        ...(this.imageExpert ? { textImageExpert: { weight: this.imageExpert.weight } } : {}),
       },
     };
   }
@@ -286,12 +321,17 @@ export class Retriever implements Embedder {
    * weights, so dispose only one of the two. Its embeddings are wider (embedDim).
    */
   withLexical(lexical: Lexical): Retriever {
-    return new Retriever(this.mllm, this.proj, this.ownSettings(), this.trigramTable, lexical, this.expert);
+    return new Retriever(this.mllm, this.proj, this.ownSettings(), this.trigramTable, lexical, this.expert, this.imageExpert);
   }
 
   /** The same model with a text expert (taken over; the weights are shared as with withLexical). */
   withTextExpert(expert: TextExpert): Retriever {
-    return new Retriever(this.mllm, this.proj, this.ownSettings(), this.trigramTable, this.lexical, expert);
+    return new Retriever(this.mllm, this.proj, this.ownSettings(), this.trigramTable, this.lexical, expert, this.imageExpert);
+  }
+
+  /** The same model with a text -> image expert (taken over; the weights are shared as with withLexical). */
+  withTextImageExpert(imageExpert: TextImageExpert): Retriever {
+    return new Retriever(this.mllm, this.proj, this.ownSettings(), this.trigramTable, this.lexical, this.expert, imageExpert);
   }
 
   private ownSettings(): Partial<RetrieverSettings> {
@@ -309,6 +349,7 @@ export class Retriever implements Embedder {
     if (this.trigramTable) params.set(TRIGRAMS, this.trigramTable);
     // Before config.json, which is written last: a folder with a config is complete.
     if (this.expert) await this.expert.model.save(join(dir, TEXT_EXPERT_DIR));
+    if (this.imageExpert) await this.imageExpert.model.save(join(dir, TEXT_IMAGE_EXPERT_DIR));
     if (this.lexical) {
       mkdirSync(dir, { recursive: true });
       writeJsonAtomic(join(dir, LEXICAL_FILE), this.lexical.tfidf.toJSON());
@@ -324,9 +365,11 @@ export class Retriever implements Embedder {
       throw new Error(`checkpoint ${dir}: config.json is not a retrv retriever config (needs llm, vision and retriever sections)`);
     }
     const tokenizer = loadTokenizer(join(dir, 'tokenizer.json'));
-    const { embedDim, prompt, pooling, trigrams, lexical, textExpert } = config.retriever;
+    const { embedDim, prompt, pooling, trigrams, lexical, textExpert, textImageExpert } = config.retriever;
     const tfidf = lexical ? readLexical(dir, lexical) : undefined;
-    if (textExpert && !existsSync(join(dir, TEXT_EXPERT_DIR, 'config.json'))) throw new CheckpointError(`checkpoint ${dir}: config.json has a text expert but ${TEXT_EXPERT_DIR}/config.json is missing`);
+    for (const [has, sub, what] of [[textExpert, TEXT_EXPERT_DIR, 'a text expert'], [textImageExpert, TEXT_IMAGE_EXPERT_DIR, 'a text -> image expert']] as const) {
+      if (has && !existsSync(join(dir, sub, 'config.json'))) throw new CheckpointError(`checkpoint ${dir}: config.json has ${what} but ${sub}/config.json is missing`);
+    }
     const expected = { ...Mllm.parameterShapes(config), [PROJ]: [embedDim, config.llm.hidden], ...(trigrams ? { [TRIGRAMS]: [trigrams.buckets, trigrams.dim] } : {}) };
     const tensors = await loadCheckpointTensors(dir, expected);
     for (const [name, t] of tensors) {
@@ -346,19 +389,22 @@ export class Retriever implements Embedder {
     };
     const mllm = new Mllm(mllmConfig, tensors, tokenizer);
     const expertModel = textExpert ? await Retriever.load(join(dir, TEXT_EXPERT_DIR)) : undefined;
+    const imageModel = textImageExpert ? await Retriever.load(join(dir, TEXT_IMAGE_EXPERT_DIR)) : undefined;
     try {
-      return new Retriever(mllm, proj, { embedDim, prompt, pooling, trigrams }, table, tfidf && { tfidf, weight: lexical!.weight }, expertModel && { model: expertModel, weight: textExpert!.weight });
+      return new Retriever(mllm, proj, { embedDim, prompt, pooling, trigrams }, table, tfidf && { tfidf, weight: lexical!.weight }, expertModel && { model: expertModel, weight: textExpert!.weight }, imageModel && { model: imageModel, weight: textImageExpert!.weight });
     } catch (e) {
       for (const t of [...mllm.parameterList(), proj, ...(table ? [table] : [])]) t.dispose();
       expertModel?.dispose();
+      imageModel?.dispose();
       throw e;
     }
   }
 
-  /** Frees the weights (the text expert's too). */
+  /** Frees the weights (the experts' too). */
   dispose(): void {
     for (const t of this.parameterList()) t.dispose();
     this.expert?.model.dispose();
+    this.imageExpert?.model.dispose();
   }
 
   /** The prompt parts of one input. */
@@ -370,10 +416,34 @@ export class Retriever implements Embedder {
     return this.mllm.layout(this.parts(x));
   }
 
-  /** Unit-norm embeddings [N, E] of the inputs, in one batch. */
-  embed(inputs: readonly QueryInput[]): Tensor {
+  /** Unit-norm embeddings [N, E] of the inputs, in one batch; `role` matters only to a text -> image expert. */
+  embed(inputs: readonly QueryInput[], role?: EmbedRole): Tensor {
     if (!inputs.length) throw new RangeError('retriever: embed needs at least one input');
-    return this.embedLayouts(inputs.map((x) => this.layout(x)));
+    const rows = this.embedLayouts(inputs.map((x) => this.layout(x)));
+    if (!this.imageExpert) return rows;
+    const { model, weight } = this.imageExpert;
+    const B = inputs.length;
+    const E = model.embedDim;
+    const hasText = (x: QueryInput) => charNgrams(x.text ?? '').length > 0;
+    const carry = (x: QueryInput) => (role === 'query' ? !x.image && hasText(x) : role === 'candidate' ? !!x.image && !hasText(x) : false);
+    const carries = inputs.flatMap((x, i) => (carry(x) ? [i] : []));
+    // The expert's part times `f` per row; an image candidate's other parts times sqrt(1 - weight).
+    const f = new Float32Array(B);
+    const rest = new Float32Array(B).fill(1);
+    for (const i of carries) {
+      f[i] = role === 'query' ? 1 : Math.sqrt(weight);
+      if (role === 'candidate') rest[i] = Math.sqrt(1 - weight);
+    }
+    const zero = fromArray(new Float32Array(E), [1, E]);
+    let part: Tensor;
+    if (!carries.length) part = indexSelect(zero, 0, fromArray(new Int32Array(B), [B], 'i32'));
+    else {
+      const e = noGrad(() => model.embed(carries.map((i) => inputs[i])));
+      const at = new Int32Array(B).fill(carries.length);
+      carries.forEach((i, r) => (at[i] = r));
+      part = mul(indexSelect(concat([e, zero], 0), 0, fromArray(at, [B], 'i32')), fromArray(f, [B, 1]));
+    }
+    return concat([mul(rows, fromArray(rest, [B, 1])), part], 1);
   }
 
   /** The final hidden states of the batch [B*T, D] (T the longest layout), right-padded. */

@@ -188,6 +188,7 @@ export function latestCheckpoint(outDir: string): { dir: string; step: number } 
  * duplicates of a row's positive masked out, and the targets (row i -> column i).
  */
 export function contrastiveLogits(retriever: Retriever, batch: readonly Triple[], scale: Tensor): { logits: Tensor; targets: Tensor } {
+  if (retriever.imageExpert) throw new Error('contrastiveLogits: a retriever with a text -> image expert embeds queries and candidates differently; train the dense model, then attach the expert');
   const B = batch.length;
   const negs = batch.filter((t) => t.negative);
   const inputs = [...batch.map((t) => t.query), ...batch.map((t) => t.positive), ...negs.map((t) => t.negative!)];

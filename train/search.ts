@@ -77,7 +77,7 @@ export async function search(o: SearchOptions): Promise<SearchOutcome> {
   // The query as an M-BEIR row (an absolute image path is read as is).
   const q: MbeirQuery = { qid: 'search', query_txt: o.text, query_img_path: o.image ?? null, query_modality: o.image ? 'image,text' : 'text', pos_cand_list: [], neg_cand_list: [], task_id: -1 };
   const qStore = o.image ? new ImageStore({ ...rImages.settings, root: '/' }) : rImages;
-  const emb = noGrad(() => retriever.embed([queryInput(q, qStore)]));
+  const emb = noGrad(() => retriever.embed([queryInput(q, qStore)], 'query'));
   const hits = await index.search(emb, o.K);
   emb.dispose();
   const firstStage = hits.ids[0];

@@ -10,7 +10,7 @@ import { backward, crossEntropy, fromArray, linear, noGrad, reshape, slice, tidy
 import { type Preprocessed, preprocess } from '../../model/image.ts';
 import { Mllm, type MllmConfig } from '../../model/mllm.ts';
 import { PRESETS, withVocab } from '../../model/presets.ts';
-import { DEFAULT_PROMPT, Retriever, l2Normalize } from '../../model/retriever.ts';
+import { DEFAULT_PROMPT, type EmbedRole, Retriever, l2Normalize } from '../../model/retriever.ts';
 import { trainBpe } from '../../model/tokenizer.ts';
 import { trigramCounts } from '../../model/trigrams.ts';
 import { TfIdf } from '../../model/lexical.ts';
@@ -49,8 +49,8 @@ function picture(k: number, size = 32): Preprocessed {
   return preprocess({ width: S, height: S, rgba }, { patchSize: config.vision.patchSize, mergeSize: 2, targetSize: S });
 }
 
-const embedRows = async (r: Retriever, inputs: Parameters<Retriever['embed']>[0]) => {
-  const t = noGrad(() => tidy(() => r.embed(inputs)));
+const embedRows = async (r: Retriever, inputs: Parameters<Retriever['embed']>[0], role?: EmbedRole) => {
+  const t = noGrad(() => tidy(() => r.embed(inputs, role)));
   const a = (await t.toArray()) as Float32Array;
   const shape = [...t.shape];
   t.dispose();
@@ -340,6 +340,51 @@ describe('retriever embeddings', () => {
     expect(() => r.withTextExpert({ model: hybrid, weight: 0.2 })).toThrow(/must be a plain dense retriever/);
     rmSync(join(dir, 'expert', 'text-expert'), { recursive: true });
     await expect(Retriever.load(join(dir, 'expert'))).rejects.toThrow(/has a text expert but text-expert\/config.json is missing/);
+    hybrid.dispose();
+  });
+
+  it('text -> image expert: a text-only query carries it whole, an image candidate times sqrt(w) beside its other parts times sqrt(1 - w), every other input a zero part; the index embeds by role', async () => {
+    const r = Retriever.create(config, tok, E, 7, DEFAULT_PROMPT, 'mean');
+    const model = Retriever.create(config, tok, 20, 11, DEFAULT_PROMPT, 'mean');
+    const w = 0.8;
+    const hybrid = r.withTextImageExpert({ model, weight: w });
+    const W = E + 20;
+    expect(hybrid.embedDim).toBe(W);
+    const inputs = [{ text: 'a red square' }, { image: picture(0) }, { image: picture(1), text: 'blue moon' }];
+    const dense = (await embedRows(r, inputs)).a;
+    const ex = (await embedRows(model, inputs)).a;
+    const q = (await embedRows(hybrid, inputs, 'query')).a;
+    const c = (await embedRows(hybrid, inputs, 'candidate')).a;
+    const none = (await embedRows(hybrid, inputs)).a;
+    const row = (m: Float32Array, i: number, n: number) => m.subarray(i * n, (i + 1) * n);
+    const zeros = new Float32Array(20);
+    // Queries: the text-only one carries the expert whole; the others a zero part; dense parts as they were.
+    expectClose([...row(dense, 0, E), ...row(ex, 0, 20)], row(q, 0, W), 1e-5, 1e-5, 'text query');
+    expectClose([...row(dense, 1, E), ...zeros], row(q, 1, W), 1e-6, 1e-6, 'image query');
+    expectClose([...row(dense, 2, E), ...zeros], row(q, 2, W), 1e-6, 1e-6, 'image + text query');
+    // Candidates: the image-only one is [sqrt(1 - w) dense, sqrt(w) expert]; texts keep a zero part.
+    expectClose([...row(dense, 1, E).map((v) => v * Math.sqrt(1 - w)), ...row(ex, 1, 20).map((v) => v * Math.sqrt(w))], row(c, 1, W), 1e-5, 1e-5, 'image candidate');
+    expectClose([...row(dense, 0, E), ...zeros], row(c, 0, W), 1e-6, 1e-6, 'text candidate');
+    expectClose([...row(dense, 2, E), ...zeros], row(c, 2, W), 1e-6, 1e-6, 'image + text candidate');
+    // Without a role nobody carries it.
+    for (let i = 0; i < 3; i++) expectClose([...row(dense, i, E), ...zeros], row(none, i, W), 1e-6, 1e-6, `no role, input ${i}`);
+    // The index embeds its pool as candidates and the queries as queries: text -> image ranks by the mix.
+    const pool = [0, 1, 2, 3].map((k) => ({ id: `img${k}`, input: { image: picture(k) } }));
+    const ranked = await rankWithRetriever(hybrid, pool, [{ qid: 'q', input: { text: 'a blue triangle' } }], 4);
+    const qd = (await embedRows(r, [{ text: 'a blue triangle' }])).a;
+    const qe = (await embedRows(model, [{ text: 'a blue triangle' }])).a;
+    const pd = (await embedRows(r, pool.map((p) => p.input))).a;
+    const pe = (await embedRows(model, pool.map((p) => p.input))).a;
+    const dot = (x: ArrayLike<number>, y: ArrayLike<number>) => Array.from(x).reduce((acc, v, j) => acc + v * y[j], 0);
+    const score = (k: number) => Math.sqrt(1 - w) * dot(qd, row(pd, k, E)) + Math.sqrt(w) * dot(qe, row(pe, k, 20));
+    expect(ranked.get('q')).toEqual([0, 1, 2, 3].sort((x, y) => score(y) - score(x)).map((k) => `img${k}`));
+    await hybrid.save(join(dir, 't2i'));
+    const back = await Retriever.load(join(dir, 't2i'));
+    expect(back.config.retriever.textImageExpert).toEqual({ weight: w });
+    expectClose((await embedRows(back, inputs, 'candidate')).a, c, 0, 0, 'reloaded');
+    back.dispose();
+    expect(() => contrastiveLogits(hybrid, TEXT_PAIRS, fromArray([20], [1]))).toThrow(/train the dense model, then attach the expert/);
+    expect(() => r.withTextImageExpert({ model, weight: 1 })).toThrow(/text -> image expert's weight must be between 0 and 1/);
     hybrid.dispose();
   });
 
