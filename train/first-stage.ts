@@ -66,7 +66,7 @@ const config: PipelineConfig = {
   data: a.data!,
   seed: num('seed', a.seed),
   pretrain: { steps: num('pretrain-steps', a['pretrain-steps'], 1), batch, lr: 3e-3 },
-  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching, embedDim: num('embed-dim', a['embed-dim'], 1), keywordShare: share, trigramDim: num('trigrams', a.trigrams), trigramBuckets: 8192, taskWeights: a['task-weights']!, lexicalWeight, textExpert: { ...base.retriever.textExpert, batch, steps: expertSteps, weight: expertSteps ? expertWeight : 0 } },
+  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching, embedDim: num('embed-dim', a['embed-dim'], 1), keywordShare: share, trigramDim: num('trigrams', a.trigrams), trigramBuckets: 8192, taskWeights: a['task-weights']!, lexicalWeight, textExpert: { ...base.retriever.textExpert, batch, steps: expertSteps, weight: expertSteps ? expertWeight : 0 }, textImageExpert: base.retriever.textImageExpert },
   firstStage: { perTask: num('eval-per-task', a['eval-per-task']), crossFit: 0 },
 };
 await runPipeline({

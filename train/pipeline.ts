@@ -25,7 +25,7 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { init } from '../runtime/index.ts';
-import { POOLINGS, type Pooling, Retriever, TEXT_EXPERT_DIR } from '../model/retriever.ts';
+import { POOLINGS, type Pooling, Retriever, TEXT_EXPERT_DIR, TEXT_IMAGE_EXPERT_DIR } from '../model/retriever.ts';
 import { TfIdf } from '../model/lexical.ts';
 import { getPreset } from '../model/presets.ts';
 import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from './data/emoji-benchmark.ts';
@@ -35,7 +35,7 @@ import { queriesOfTasks } from './data/mbeir.ts';
 import type { MbeirQuery } from './data/mbeir-types.ts';
 import { writeJsonAtomic } from './atomic-write.ts';
 import { evaluateFirstStage } from './eval/first-stage-eval.ts';
-import { formatRecallTable } from './eval/recall.ts';
+import { formatRecallTable, taskName } from './eval/recall.ts';
 import { type TableRowSpec, type TableSpec, formatTerminalTable, runAblationTable } from './eval/table.ts';
 import { pretrain } from './pretrain.ts';
 import { type RetrieverBatching, RETRIEVER_BATCHINGS, benchmarkTripleSource, keywordPairNames, parseTaskWeights, trainRetriever, withKeywordPairs } from './retriever.ts';
@@ -68,6 +68,9 @@ export interface PipelineConfig {
    * (model/retriever.ts LexicalSettings; 0 = a dense retriever). textExpert: a text-only
    * retriever trained on the text -> text queries and keyword pairs (steps 0 = none), its
    * embedding beside the others' for texts at `weight` (model/retriever.ts TextExpert).
+   * textImageExpert: a retriever trained on the text -> image queries alone (steps 0 =
+   * none), carried by text-only queries and image candidates at `weight`
+   * (model/retriever.ts TextImageExpert).
    */
   retriever: {
     steps: number;
@@ -81,7 +84,8 @@ export interface PipelineConfig {
     trigramBuckets: number;
     taskWeights: string;
     lexicalWeight: number;
-    textExpert: { steps: number; batch: number; lr: number; pooling: Pooling; embedDim: number; keywordShare: number; weight: number };
+    textExpert: ExpertSettings;
+    textImageExpert: ExpertSettings;
   };
   /**
    * perTask: test queries per task for the first-stage recall table (0 = all). crossFit: 0
@@ -126,6 +130,19 @@ export interface PipelineConfig {
   ablations: boolean;
 }
 
+/** How the pipeline trains one of the retriever's experts (model/retriever.ts TextExpert, TextImageExpert). */
+export interface ExpertSettings {
+  /** 0 = no such expert. */
+  steps: number;
+  batch: number;
+  lr: number;
+  pooling: Pooling;
+  embedDim: number;
+  /** Share of each batch given to keyword pairs (text -> text; 0 = none). */
+  keywordShare: number;
+  weight: number;
+}
+
 /** One answer-only phase: lists of K candidates, random negatives for the first easyShare of its steps. */
 export interface PointingPhase {
   steps: number;
@@ -149,7 +166,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 300, batch: 16, lr: 3e-3 },
-    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0, textExpert: { steps: 0, batch: 32, lr: 1e-3, pooling: 'bag-max', embedDim: 512, keywordShare: 0.5, weight: 0 } },
+    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0, textExpert: { steps: 0, batch: 32, lr: 1e-3, pooling: 'bag-max', embedDim: 512, keywordShare: 0.5, weight: 0 }, textImageExpert: { steps: 0, batch: 32, lr: 1e-3, pooling: 'mean+bag-max', embedDim: 1024, keywordShare: 0, weight: 0 } },
     firstStage: { perTask: 40, crossFit: 0 },
     align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
     pointing: [],
@@ -165,7 +182,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 450, batch: 16, lr: 2e-3 },
-    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0, textExpert: { steps: 0, batch: 32, lr: 1e-3, pooling: 'bag-max', embedDim: 512, keywordShare: 0.5, weight: 0 } },
+    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0, textExpert: { steps: 0, batch: 32, lr: 1e-3, pooling: 'bag-max', embedDim: 512, keywordShare: 0.5, weight: 0 }, textImageExpert: { steps: 0, batch: 32, lr: 1e-3, pooling: 'mean+bag-max', embedDim: 1024, keywordShare: 0, weight: 0 } },
     firstStage: { perTask: 0, crossFit: 0 },
     align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
     pointing: [],
@@ -249,13 +266,16 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   }
   if (!(cfg.retriever.lexicalWeight >= 0 && cfg.retriever.lexicalWeight < 1)) throw new Error(`${nameOrFile}.retriever.lexicalWeight: ${JSON.stringify(cfg.retriever.lexicalWeight)} must be a number from 0 (no lexical part) to below 1`);
   if (typeof cfg.retriever.taskWeights !== 'string') throw new Error(`${nameOrFile}.retriever.taskWeights: must be a string "<task>:<turns>,...", e.g. "1:3" ("" for none)`);
-  const te = cfg.retriever.textExpert;
-  if (!Number.isInteger(te.steps) || te.steps < 0) throw new Error(`${nameOrFile}.retriever.textExpert.steps: ${JSON.stringify(te.steps)} must be a whole number (0 = no text expert)`);
-  if (te.steps) {
-    if (!(te.weight > 0 && te.weight + cfg.retriever.lexicalWeight < 1)) throw new Error(`${nameOrFile}.retriever.textExpert.weight: ${te.weight} must be above 0, and with lexicalWeight (${cfg.retriever.lexicalWeight}) below 1`);
-    if (!POOLINGS.includes(te.pooling)) throw new Error(`${nameOrFile}.retriever.textExpert.pooling: '${te.pooling}' is not one of ${POOLINGS.join(', ')}`);
-    if (!Number.isInteger(te.embedDim) || te.embedDim < 1 || !Number.isInteger(te.batch) || te.batch < 2 || !(te.lr > 0)) throw new Error(`${nameOrFile}.retriever.textExpert: embedDim must be a positive integer, batch at least 2, lr above 0`);
-    if (!(te.keywordShare >= 0 && te.keywordShare < 1)) throw new Error(`${nameOrFile}.retriever.textExpert.keywordShare: ${te.keywordShare} must be a number from 0 (none) to below 1`);
+  for (const key of ['textExpert', 'textImageExpert'] as const) {
+    const te = cfg.retriever[key];
+    const where = `${nameOrFile}.retriever.${key}`;
+    if (!Number.isInteger(te.steps) || te.steps < 0) throw new Error(`${where}.steps: ${JSON.stringify(te.steps)} must be a whole number (0 = no such expert)`);
+    if (!te.steps) continue;
+    if (key === 'textExpert' && !(te.weight > 0 && te.weight + cfg.retriever.lexicalWeight < 1)) throw new Error(`${where}.weight: ${te.weight} must be above 0, and with lexicalWeight (${cfg.retriever.lexicalWeight}) below 1`);
+    if (key === 'textImageExpert' && !(te.weight > 0 && te.weight < 1)) throw new Error(`${where}.weight: ${te.weight} must be between 0 and 1 (exclusive)`);
+    if (!POOLINGS.includes(te.pooling)) throw new Error(`${where}.pooling: '${te.pooling}' is not one of ${POOLINGS.join(', ')}`);
+    if (!Number.isInteger(te.embedDim) || te.embedDim < 1 || !Number.isInteger(te.batch) || te.batch < 2 || !(te.lr > 0)) throw new Error(`${where}: embedDim must be a positive integer, batch at least 2, lr above 0`);
+    if (!(te.keywordShare >= 0 && te.keywordShare < 1)) throw new Error(`${where}.keywordShare: ${te.keywordShare} must be a number from 0 (none) to below 1`);
   }
   const taskWeights = parseTaskWeights(cfg.retriever.taskWeights, `${nameOrFile}.retriever.taskWeights`);
   if (Object.keys(taskWeights).length && cfg.retriever.batching !== 'task') throw new Error(`${nameOrFile}.retriever.taskWeights: needs batching 'task' (one task per batch), not '${cfg.retriever.batching}'`);
@@ -421,7 +441,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
 
   // First-stage retriever; with cross-fitted training rankings, one more per held-out fold.
   const crossFit = usesTrainRankings(c) ? c.firstStage.crossFit : 0;
-  const trainRetrieverInto = async (outDir: string, label: string, keep: (q: MbeirQuery) => boolean, keepName: (base: string) => boolean, withExpert = false) => {
+  const trainRetrieverInto = async (outDir: string, label: string, keep: (q: MbeirQuery) => boolean, keepName: (base: string) => boolean, withExperts = false) => {
     const base = input(s.pretrain, 'the pre-trained base model', 'retriever');
     const queries = bench.queries.train.filter(keep);
     let source = benchmarkTripleSource(queries, byDid, images, c.seed, c.retriever.batching, parseTaskWeights(c.retriever.taskWeights, 'retriever.taskWeights'));
@@ -447,24 +467,27 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
       // The lexical part is fixed, not trained: attached once the dense model is.
       const w = c.retriever.lexicalWeight;
       if (w) hybrid = hybrid.withLexical({ tfidf: TfIdf.fit(bench.pool.map((x) => x.txt)), weight: w });
-      if (withExpert) {
-        const expert = await run('text expert', c.retriever.textExpert.steps, (p) => trainTextExpert(join(outDir, TEXT_EXPERT_DIR), base, keep, keepName, p));
+      if (withExperts && c.retriever.textExpert.steps) {
+        const expert = await run('text expert', c.retriever.textExpert.steps, (p) => trainExpert('text expert', 1, c.retriever.textExpert, join(outDir, TEXT_EXPERT_DIR), base, keep, keepName, p));
         hybrid = hybrid.withTextExpert({ model: expert, weight: c.retriever.textExpert.weight });
+      }
+      if (withExperts && c.retriever.textImageExpert.steps) {
+        const expert = await run('text -> image expert', c.retriever.textImageExpert.steps, (p) => trainExpert('text -> image expert', 0, c.retriever.textImageExpert, join(outDir, TEXT_IMAGE_EXPERT_DIR), base, keep, keepName, p));
+        hybrid = hybrid.withTextImageExpert({ model: expert, weight: c.retriever.textImageExpert.weight });
       }
       await hybrid.save(join(outDir, 'final'));
     } finally {
       hybrid.dispose();
     }
   };
-  /** The text expert: a text-only retriever on the text -> text training queries (and keyword pairs), resumable in its own folder. */
-  const trainTextExpert = async (outDir: string, base: string, keep: (q: MbeirQuery) => boolean, keepName: (base: string) => boolean, p: Progress) => {
-    const te = c.retriever.textExpert;
-    const queries = bench.queries.train.filter((q) => q.task_id === 1 && keep(q));
-    if (!queries.length) throw new Error('retriever.textExpert: the benchmark has no text -> text (task 1) training queries to train it on; set its steps to 0');
+  /** An expert: a retriever trained on one task's training queries alone (and keyword pairs, if its share says so), resumable in its own folder. */
+  const trainExpert = async (label: string, task: number, te: ExpertSettings, outDir: string, base: string, keep: (q: MbeirQuery) => boolean, keepName: (base: string) => boolean, p: Progress) => {
+    const queries = bench.queries.train.filter((q) => q.task_id === task && keep(q));
+    if (!queries.length) throw new Error(`retriever: the benchmark has no task-${task} (${taskName(task)}) training queries to train the ${label} on; set its steps to 0`);
     let source = benchmarkTripleSource(queries, byDid, images, c.seed, 'mixed');
     const names = te.keywordShare > 0 ? await keywordPairNames(c.data, keepName) : [];
     if (names.length) source = withKeywordPairs(source, names, byDid, images, te.keywordShare, c.seed);
-    via(p)(`text expert: ${queries.length} text -> text training queries${names.length ? `, keyword pairs of ${names.length} names` : ''}, ${te.steps} steps`);
+    via(p)(`${label}: ${queries.length} ${taskName(task)} training queries${names.length ? `, keyword pairs of ${names.length} names` : ''}, ${te.steps} steps`);
     const { retriever } = await trainRetriever(() => Retriever.fromBase(base, te.embedDim, c.seed, undefined, te.pooling), source, {
       steps: te.steps,
       batchSize: te.batch,
@@ -474,13 +497,13 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
       resume: true,
       logEvery: 0,
       log: via(p),
-      onStep: (x) => p.update(x.step, { 'text expert loss': x.loss }),
+      onStep: (x) => p.update(x.step, { loss: x.loss }),
     });
     return retriever;
   };
-  // The text expert goes with the main retriever only: a held-out retriever's training lists
-  // would need an expert of its own, trained without its fold (README: cross-fitted lists).
-  if (want.has('retriever') && !hasModel(s.retriever)) await trainRetrieverInto(s.retriever, 'retriever', () => true, () => true, c.retriever.textExpert.steps > 0);
+  // The experts go with the main retriever only: a held-out retriever's training lists
+  // would need experts of its own, trained without its fold (README: cross-fitted lists).
+  if (want.has('retriever') && !hasModel(s.retriever)) await trainRetrieverInto(s.retriever, 'retriever', () => true, () => true, true);
   else if (want.has('retriever')) log(`retriever: done (${join(s.retriever, 'final')})`);
   if (want.has('retriever') && crossFit) {
     const folds = await queryFolds(c.data, crossFit);

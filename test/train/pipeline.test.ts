@@ -98,7 +98,7 @@ describe('pipeline end to end', () => {
       ...PIPELINE_CONFIGS.tiny,
       data: join(dir, 'data'),
       pretrain: { steps: 3, batch: 4, lr: 3e-3 },
-      retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', batching: 'task', embedDim: 96, keywordShare: 0.25, trigramDim: 16, trigramBuckets: 257, taskWeights: '1:2', lexicalWeight: 0.5, textExpert: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', embedDim: 16, keywordShare: 0.5, weight: 0.2 } },
+      retriever: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', batching: 'task', embedDim: 96, keywordShare: 0.25, trigramDim: 16, trigramBuckets: 257, taskWeights: '1:2', lexicalWeight: 0.5, textExpert: { steps: 2, batch: 4, lr: 1e-3, pooling: 'bag-max', embedDim: 16, keywordShare: 0.5, weight: 0.2 }, textImageExpert: { steps: 2, batch: 4, lr: 1e-3, pooling: 'mean', embedDim: 8, keywordShare: 0, weight: 0.5 } },
       firstStage: { perTask: 2, crossFit: 2 },
       align: { steps: 2, batch: 2, lr: 1e-3, centre: true },
       pointing: [
@@ -127,6 +127,11 @@ describe('pipeline end to end', () => {
     expect(JSON.parse(readFileSync(join(s.retriever, 'final', 'config.json'), 'utf8')).retriever.textExpert).toEqual({ weight: 0.2 });
     const task1 = (await loadBenchmark(config.data)).queries.train.filter((q) => q.task_id === 1).length;
     expect(lines.some((l) => l.startsWith(`text expert: ${task1} text -> text training queries, keyword pairs of `))).toBe(true);
+    // The text -> image expert: task 0's training queries, no keyword pairs.
+    expect(JSON.parse(readFileSync(join(s.retriever, 'final', 'text-image-expert', 'config.json'), 'utf8')).retriever).toMatchObject({ pooling: 'mean', embedDim: 8 });
+    expect(JSON.parse(readFileSync(join(s.retriever, 'final', 'config.json'), 'utf8')).retriever.textImageExpert).toEqual({ weight: 0.5 });
+    const task0 = (await loadBenchmark(config.data)).queries.train.filter((q) => q.task_id === 0).length;
+    expect(lines).toContain(`text -> image expert: ${task0} text -> image training queries, 2 steps`);
     expect(existsSync(join(heldOutRetrieverDir(runDir, 0, 2), 'final', 'text-expert'))).toBe(false);
     const record = (d: string) => JSON.parse(readFileSync(join(d, 'final', 'sft.json'), 'utf8'));
     // The pointing phases are answer-only, each from the one before; SFT starts from the last.
