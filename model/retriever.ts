@@ -4,14 +4,16 @@
 // token, through a learned linear projection and L2 normalisation, is its embedding.
 // Cosine similarity of embeddings ranks candidates. Optionally the embedding carries a
 // fixed lexical part beside it (character-trigram TF-IDF, LexicalSettings), which makes the
-// model a hybrid of a dense and a sparse retriever where both sides are text, and a text-only
-// expert retriever can sit beside them (TextExpert).
+// model a hybrid of a dense and a sparse retriever where both sides are text, and smaller
+// retrievers trained on one task each can sit beside them: a text-only expert for text ->
+// text (TextExpert) and, by role (query or candidate, EmbedRole), one for text -> image
+// (TextImageExpert). Each part changes only the pairs it is built for.
 //
 // The retriever owns its own Mllm (its own weights, e.g. loaded from the base checkpoint),
 // so training it never disturbs the reranker. Checkpoints are one folder:
 // model.safetensors (model.*, visual.* and retriever.proj.weight), config.json (the Mllm
-// config plus a `retriever` section), tokenizer.json; lexical.json with a lexical part and
-// text-expert/ (a retriever checkpoint of its own) with a text expert.
+// config plus a `retriever` section), tokenizer.json; lexical.json with a lexical part, and
+// text-expert/ and text-image-expert/ (retriever checkpoints of their own) with experts.
 //
 // Batching: every input of a call runs in one forward pass. Sequences are right-padded;
 // causal attention never lets a real token see the padding, so each sequence's last real
@@ -199,7 +201,7 @@ export function l2Normalize(x: Tensor, eps = 1e-12): Tensor {
 }
 
 export class Retriever implements Embedder {
-  /** The embedding's width: the projection's, plus the trigram, text expert and lexical parts'. */
+  /** The embedding's width: the projection's, plus the trigram, expert and lexical parts'. */
   readonly embedDim: number;
   /** The projection's width (config.json's retriever.embedDim). */
   readonly projDim: number;
