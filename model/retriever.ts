@@ -172,10 +172,7 @@ export interface TextExpert {
  * candidate's dense part times the same sqrt(1 - weight). (A text-only query's row is then
  * longer than 1: a factor per query, which no ranking sees.)
  */
-export interface TextImageExpert {
-  model: Retriever;
-  weight: number;
-}
+export type TextImageExpert = TextExpert;
 
 /** config.json of a retriever checkpoint: the backbone's config plus the retriever's own. */
 export interface RetrieverConfig extends MllmConfig {
@@ -238,14 +235,10 @@ export class Retriever implements Embedder {
     this.trigrams = t;
     if (lexical && !(lexical.weight > 0 && lexical.weight < 1)) throw new RangeError(`retriever: the lexical weight must be between 0 and 1 (exclusive), got ${lexical.weight}`);
     if (lexical && !lexical.tfidf.size) throw new RangeError('retriever: the lexical part has an empty vocabulary (a corpus without text?)');
-    if (expert) {
-      if (!(expert.weight > 0 && expert.weight < 1)) throw new RangeError(`retriever: the text expert's weight must be between 0 and 1 (exclusive), got ${expert.weight}`);
-      if (expert.model.lexical || expert.model.expert) throw new RangeError('retriever: a text expert must be a plain dense retriever (no lexical part, no expert of its own)');
-    }
-    if (imageExpert) {
-      if (!(imageExpert.weight > 0 && imageExpert.weight < 1)) throw new RangeError(`retriever: the text -> image expert's weight must be between 0 and 1 (exclusive), got ${imageExpert.weight}`);
-      const m = imageExpert.model;
-      if (m.lexical || m.expert || m.imageExpert) throw new RangeError('retriever: a text -> image expert must be a plain dense retriever (no lexical part, no expert of its own)');
+    for (const [x, what] of [[expert, 'text expert'], [imageExpert, 'text -> image expert']] as const) {
+      if (!x) continue;
+      if (!(x.weight > 0 && x.weight < 1)) throw new RangeError(`retriever: the ${what}'s weight must be between 0 and 1 (exclusive), got ${x.weight}`);
+      if (!x.model.plain) throw new RangeError(`retriever: a ${what} must be a plain dense retriever (no lexical part, no expert of its own)`);
     }
     if (!(this.textWeights().dense > 0)) throw new RangeError(`retriever: the lexical (${lexical?.weight ?? 0}) and text expert (${expert?.weight ?? 0}) weights must leave the dense part a share (sum below 1)`);
     this.embedDim = this.projDim + (t?.dim ?? 0) + (expert?.model.embedDim ?? 0) + (lexical?.tfidf.size ?? 0) + (imageExpert?.model.embedDim ?? 0);
@@ -418,34 +411,31 @@ export class Retriever implements Embedder {
     return this.mllm.layout(this.parts(x));
   }
 
-  /** Unit-norm embeddings [N, E] of the inputs, in one batch; `role` matters only to a text -> image expert. */
+  /** Unit-norm embeddings [N, E] of the inputs, in one batch (see LexicalSettings and TextImageExpert for the exceptions); `role` matters only to a text -> image expert. */
   embed(inputs: readonly QueryInput[], role?: EmbedRole): Tensor {
     if (!inputs.length) throw new RangeError('retriever: embed needs at least one input');
-    const rows = this.embedLayouts(inputs.map((x) => this.layout(x)));
-    if (!this.imageExpert) return rows;
-    const { model, weight } = this.imageExpert;
+    const layouts = inputs.map((x) => this.layout(x));
+    const texts = layouts.map((l) => this.contentText(l));
     const B = inputs.length;
-    const E = model.embedDim;
-    const hasText = (x: QueryInput) => charNgrams(x.text ?? '').length > 0;
-    const carry = (x: QueryInput) => (role === 'query' ? !x.image && hasText(x) : role === 'candidate' ? !!x.image && !hasText(x) : false);
-    const carries = inputs.flatMap((x, i) => (carry(x) ? [i] : []));
-    // The expert's part times `f` per row; an image candidate's other parts times sqrt(1 - weight).
-    const f = new Float32Array(B);
+    const dense = this.denseEmbeddings(layouts, texts);
+    const scales = this.denseScales(texts);
+    const parts = [scales ? mul(dense, fromArray(scales, [B, 1])) : dense];
+    const withText = texts.flatMap((t, i) => (hasText(t) ? [i] : []));
+    if (this.expert) parts.push(expertRows(this.expert.model, B, withText, (i) => ({ text: texts[i] }), Math.sqrt(this.expert.weight)));
+    if (this.lexical) {
+      const { tfidf, weight } = this.lexical;
+      parts.push(mulScalar(fromArray(tfidf.dense(texts), [B, tfidf.size]), Math.sqrt(weight)));
+    }
+    if (!this.imageExpert) return parts.length === 1 ? parts[0] : concat(parts, 1);
+    // By role: text-only queries carry the expert whole; image-only candidates carry it
+    // times sqrt(weight) and their other parts times sqrt(1 - weight).
+    const { model, weight } = this.imageExpert;
+    const carry = (i: number) => (role === 'query' ? !inputs[i].image && hasText(texts[i]) : role === 'candidate' ? !!inputs[i].image && !hasText(texts[i]) : false);
+    const carries = inputs.flatMap((_, i) => (carry(i) ? [i] : []));
     const rest = new Float32Array(B).fill(1);
-    for (const i of carries) {
-      f[i] = role === 'query' ? 1 : Math.sqrt(weight);
-      if (role === 'candidate') rest[i] = Math.sqrt(1 - weight);
-    }
-    const zero = fromArray(new Float32Array(E), [1, E]);
-    let part: Tensor;
-    if (!carries.length) part = indexSelect(zero, 0, fromArray(new Int32Array(B), [B], 'i32'));
-    else {
-      const e = noGrad(() => model.embed(carries.map((i) => inputs[i])));
-      const at = new Int32Array(B).fill(carries.length);
-      carries.forEach((i, r) => (at[i] = r));
-      part = mul(indexSelect(concat([e, zero], 0), 0, fromArray(at, [B], 'i32')), fromArray(f, [B, 1]));
-    }
-    return concat([mul(rows, fromArray(rest, [B, 1])), part], 1);
+    if (role === 'candidate') for (const i of carries) rest[i] = Math.sqrt(1 - weight);
+    const own = concat(parts, 1);
+    return concat([mul(own, fromArray(rest, [B, 1])), expertRows(model, B, carries, (i) => inputs[i], role === 'query' ? 1 : Math.sqrt(weight))], 1);
   }
 
   /** The final hidden states of the batch [B*T, D] (T the longest layout), right-padded. */
@@ -529,54 +519,29 @@ export class Retriever implements Embedder {
     return matmul(fromArray(w, [B, B * T]), x);
   }
 
-  /** Unit-norm embeddings [B, E] of laid-out sequences (see LexicalSettings for the one exception). */
-  embedLayouts(layouts: readonly SequenceLayout[]): Tensor {
-    const dense = this.denseEmbeddings(layouts);
-    if (!this.lexical && !this.expert) return dense;
-    const B = layouts.length;
-    const texts = layouts.map((l) => this.contentText(l));
-    const parts = [mul(dense, fromArray(this.denseScales(layouts)!, [B, 1]))];
-    if (this.expert) parts.push(this.expertEmbeddings(texts));
-    if (this.lexical) {
-      const { tfidf, weight } = this.lexical;
-      parts.push(mulScalar(fromArray(tfidf.dense(texts), [B, tfidf.size]), Math.sqrt(weight)));
-    }
-    return concat(parts, 1);
-  }
-
   /**
-   * The factor on each input's dense part: sqrt of the dense share of a text-text score for
-   * a text, 1 without text; null without a lexical part or text expert. A text whose
-   * trigrams the corpus lacks has a short (or zero) lexical row, as its TF-IDF cosine with
-   * every candidate is; it still counts as a text.
+   * The factor on each input's dense part, from its content text: sqrt of the dense share of
+   * a text-text score for a text, 1 without text; null without a lexical part or text
+   * expert. A text whose trigrams the corpus lacks has a short (or zero) lexical row, as its
+   * TF-IDF cosine with every candidate is; it still counts as a text.
    */
-  denseScales(layouts: readonly SequenceLayout[]): Float32Array | null {
+  denseScales(texts: readonly string[]): Float32Array | null {
     if (!this.lexical && !this.expert) return null;
     const a = Math.sqrt(this.textWeights().dense);
-    return Float32Array.from(layouts, (l) => (charNgrams(this.contentText(l)).length ? a : 1));
+    return Float32Array.from(texts, (t) => (hasText(t) ? a : 1));
   }
 
-  /** The text expert's embeddings of the texts times sqrt(its weight), zero rows for inputs without text; no gradient (the expert is fixed here). */
-  private expertEmbeddings(texts: readonly string[]): Tensor {
-    const { model, weight } = this.expert!;
-    const E = model.embedDim;
-    const B = texts.length;
-    const withText = texts.flatMap((t, i) => (charNgrams(t).length ? [i] : []));
-    const zero = fromArray(new Float32Array(E), [1, E]);
-    if (!withText.length) return indexSelect(zero, 0, fromArray(new Int32Array(B), [B], 'i32'));
-    const e = noGrad(() => model.embed(withText.map((i) => ({ text: texts[i] }))));
-    // Row b: its expert row, or the zero row after them.
-    const at = new Int32Array(B).fill(withText.length);
-    withText.forEach((i, r) => (at[i] = r));
-    return mulScalar(indexSelect(concat([e, zero], 0), 0, fromArray(at, [B], 'i32')), Math.sqrt(weight));
+  /** Whether this retriever is the dense model alone (no lexical part, no experts): what an expert must be. */
+  get plain(): boolean {
+    return !this.lexical && !this.expert && !this.imageExpert;
   }
 
   /** The backbone's embedding (with the trigram part, when there is one), unit-norm [B, projDim + trigram dim]. */
-  private denseEmbeddings(layouts: readonly SequenceLayout[]): Tensor {
+  private denseEmbeddings(layouts: readonly SequenceLayout[], texts: readonly string[]): Tensor {
     const pooled = this.pooled(layouts);
     if (!this.trigrams || !this.trigramTable) return pooled;
     const { buckets } = this.trigrams;
-    const counts = fromArray(trigramCounts(layouts.map((l) => this.contentText(l)), buckets), [layouts.length, buckets]);
+    const counts = fromArray(trigramCounts(texts, buckets), [layouts.length, buckets]);
     return mulScalar(concat([pooled, l2Normalize(matmul(counts, this.trigramTable))], 1), Math.SQRT1_2);
   }
 
@@ -632,4 +597,24 @@ function readLexical(dir: string, settings: LexicalSettings): TfIdf {
   }
   if (tfidf.size !== settings.grams) throw new CheckpointError(`checkpoint ${path}: ${tfidf.size} grams, but config.json says ${settings.grams}`);
   return tfidf;
+}
+
+/** Whether a content text counts as text (has a character trigram). */
+function hasText(text: string): boolean {
+  return charNgrams(text).length > 0;
+}
+
+/**
+ * An expert's embeddings [B, E]: inputs `rows` (input(i) for row i) embedded by the expert
+ * and scaled by `factor`, zero rows elsewhere. No gradient: experts are fixed here.
+ */
+function expertRows(model: Retriever, B: number, rows: readonly number[], input: (i: number) => QueryInput, factor: number): Tensor {
+  const E = model.embedDim;
+  const zero = fromArray(new Float32Array(E), [1, E]);
+  if (!rows.length) return indexSelect(zero, 0, fromArray(new Int32Array(B), [B], 'i32'));
+  const e = noGrad(() => model.embed(rows.map(input)));
+  // Row b: its expert row, or the zero row after them.
+  const at = new Int32Array(B).fill(rows.length);
+  rows.forEach((i, r) => (at[i] = r));
+  return mulScalar(indexSelect(concat([e, zero], 0), 0, fromArray(at, [B], 'i32')), factor);
 }

@@ -17,8 +17,8 @@
 import { parseArgs } from 'node:util';
 import { POOLINGS, type Pooling } from '../model/retriever.ts';
 import { getPreset } from '../model/presets.ts';
-import { PIPELINE_CONFIGS, type PipelineConfig, runPipeline } from './pipeline.ts';
-import { RETRIEVER_BATCHINGS, type RetrieverBatching, parseTaskWeights } from './retriever.ts';
+import { PIPELINE_CONFIGS, type PipelineConfig, checkRetrieverSettings, runPipeline } from './pipeline.ts';
+import { RETRIEVER_BATCHINGS, type RetrieverBatching } from './retriever.ts';
 
 const { values: a } = parseArgs({
   options: {
@@ -53,12 +53,7 @@ if (!RETRIEVER_BATCHINGS.includes(a.batching as RetrieverBatching)) throw new Er
 const batch = num('batch', a.batch, 2);
 const share = Number(a['keyword-share']);
 if (!(share >= 0 && share < 1)) throw new Error(`--keyword-share must be a number from 0 (none) to below 1, got ${a['keyword-share']}`);
-const lexicalWeight = Number(a['lexical-weight']);
-if (!(lexicalWeight >= 0 && lexicalWeight < 1)) throw new Error(`--lexical-weight must be a number from 0 (no lexical part) to below 1, got ${a['lexical-weight']}`);
-if (Object.keys(parseTaskWeights(a['task-weights']!, '--task-weights')).length && a.batching !== 'task') throw new Error('--task-weights needs --batching task');
 const expertSteps = num('text-expert-steps', a['text-expert-steps']);
-const expertWeight = Number(a['text-expert-weight']);
-if (expertSteps && !(expertWeight > 0 && expertWeight + lexicalWeight < 1)) throw new Error(`--text-expert-weight must be above 0, and with --lexical-weight below 1, got ${a['text-expert-weight']}`);
 const base = PIPELINE_CONFIGS[preset.name] ?? PIPELINE_CONFIGS.tiny;
 const config: PipelineConfig = {
   ...base,
@@ -66,9 +61,11 @@ const config: PipelineConfig = {
   data: a.data!,
   seed: num('seed', a.seed),
   pretrain: { steps: num('pretrain-steps', a['pretrain-steps'], 1), batch, lr: 3e-3 },
-  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching, embedDim: num('embed-dim', a['embed-dim'], 1), keywordShare: share, trigramDim: num('trigrams', a.trigrams), trigramBuckets: 8192, taskWeights: a['task-weights']!, lexicalWeight, textExpert: { ...base.retriever.textExpert, batch, steps: expertSteps, weight: expertSteps ? expertWeight : 0 }, textImageExpert: base.retriever.textImageExpert },
+  retriever: { steps: num('retriever-steps', a['retriever-steps'], 1), batch, lr: 1e-3, pooling: a.pooling as Pooling, batching: a.batching as RetrieverBatching, embedDim: num('embed-dim', a['embed-dim'], 1), keywordShare: share, trigramDim: num('trigrams', a.trigrams), trigramBuckets: 8192, taskWeights: a['task-weights']!, lexicalWeight: Number(a['lexical-weight']), textExpert: { ...base.retriever.textExpert, batch, steps: expertSteps, weight: expertSteps ? Number(a['text-expert-weight']) : 0 }, textImageExpert: base.retriever.textImageExpert },
   firstStage: { perTask: num('eval-per-task', a['eval-per-task']), crossFit: 0 },
 };
+// The flags --lexical-weight, --task-weights and --text-expert-* fill these settings.
+checkRetrieverSettings(config.retriever, 'npm run first-stage: retriever');
 await runPipeline({
   config,
   runDir: a.run ?? `runs/first-stage-${preset.name}`,

@@ -25,7 +25,7 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { init } from '../runtime/index.ts';
-import { POOLINGS, type Pooling, Retriever, TEXT_EXPERT_DIR, TEXT_IMAGE_EXPERT_DIR } from '../model/retriever.ts';
+import { POOLINGS, type Pooling, Retriever, TEXT_EXPERT_DIR, TEXT_IMAGE_EXPERT_DIR, type TextExpert } from '../model/retriever.ts';
 import { TfIdf } from '../model/lexical.ts';
 import { getPreset } from '../model/presets.ts';
 import { type EmojiAttributes, buildEmojiBenchmark, loadBenchmark, readSideTable, writeEmojiBenchmark } from './data/emoji-benchmark.ts';
@@ -160,13 +160,17 @@ export interface PointingPhase {
   firstStage?: boolean;
 }
 
+/** The experts off (steps 0), with the settings tiny-3k.json turns on: those measured in the README. */
+const NO_TEXT_EXPERT: ExpertSettings = { steps: 0, batch: 32, lr: 1e-3, pooling: 'bag-max', embedDim: 512, keywordShare: 0.5, weight: 0 };
+const NO_TEXT_IMAGE_EXPERT: ExpertSettings = { steps: 0, batch: 32, lr: 1e-3, pooling: 'mean+bag-max', embedDim: 1024, keywordShare: 0, weight: 0 };
+
 export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
   tiny: {
     preset: 'tiny',
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 300, batch: 16, lr: 3e-3 },
-    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0, textExpert: { steps: 0, batch: 32, lr: 1e-3, pooling: 'bag-max', embedDim: 512, keywordShare: 0.5, weight: 0 }, textImageExpert: { steps: 0, batch: 32, lr: 1e-3, pooling: 'mean+bag-max', embedDim: 1024, keywordShare: 0, weight: 0 } },
+    retriever: { steps: 150, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0, textExpert: NO_TEXT_EXPERT, textImageExpert: NO_TEXT_IMAGE_EXPERT },
     firstStage: { perTask: 40, crossFit: 0 },
     align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
     pointing: [],
@@ -182,7 +186,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     data: 'data/emoji-mbeir',
     seed: 1,
     pretrain: { steps: 450, batch: 16, lr: 2e-3 },
-    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0, textExpert: { steps: 0, batch: 32, lr: 1e-3, pooling: 'bag-max', embedDim: 512, keywordShare: 0.5, weight: 0 }, textImageExpert: { steps: 0, batch: 32, lr: 1e-3, pooling: 'mean+bag-max', embedDim: 1024, keywordShare: 0, weight: 0 } },
+    retriever: { steps: 120, batch: 16, lr: 1e-3, pooling: 'mean', batching: 'mixed', embedDim: 64, keywordShare: 0, trigramDim: 0, trigramBuckets: 8192, taskWeights: '', lexicalWeight: 0, textExpert: NO_TEXT_EXPERT, textImageExpert: NO_TEXT_IMAGE_EXPERT },
     firstStage: { perTask: 0, crossFit: 0 },
     align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
     pointing: [],
@@ -242,6 +246,32 @@ function checkPointingPhase(ph: unknown, where: string, evalK: number): void {
  * A config by name (tiny, small) or from a JSON file whose settings override a named
  * config ({"base": "small", "sft": {"steps": 500}}; base defaults to the file's preset, else tiny).
  */
+/** Checks a config's retriever section; `where` names it in errors (e.g. "file.json.retriever"). */
+export function checkRetrieverSettings(r: PipelineConfig['retriever'], where: string): void {
+  if (!POOLINGS.includes(r.pooling)) throw new Error(`${where}.pooling: '${r.pooling}' is not one of ${POOLINGS.join(', ')}`);
+  if (!Number.isInteger(r.embedDim) || r.embedDim < 1) throw new Error(`${where}.embedDim: ${r.embedDim} must be a positive integer`);
+  if (!(r.keywordShare >= 0 && r.keywordShare < 1)) throw new Error(`${where}.keywordShare: ${r.keywordShare} must be a number from 0 (none) to below 1`);
+  for (const k of ['trigramDim', 'trigramBuckets'] as const) {
+    if (!Number.isInteger(r[k]) || r[k] < (k === 'trigramDim' ? 0 : 1)) throw new Error(`${where}.${k}: ${JSON.stringify(r[k])} must be ${k === 'trigramDim' ? 'a width (0 = no trigram part)' : 'a positive integer'}`);
+  }
+  if (!(r.lexicalWeight >= 0 && r.lexicalWeight < 1)) throw new Error(`${where}.lexicalWeight: ${JSON.stringify(r.lexicalWeight)} must be a number from 0 (no lexical part) to below 1`);
+  if (typeof r.taskWeights !== 'string') throw new Error(`${where}.taskWeights: must be a string "<task>:<turns>,...", e.g. "1:3" ("" for none)`);
+  for (const key of ['textExpert', 'textImageExpert'] as const) {
+    const te = r[key];
+    const at = `${where}.${key}`;
+    if (!Number.isInteger(te.steps) || te.steps < 0) throw new Error(`${at}.steps: ${JSON.stringify(te.steps)} must be a whole number (0 = no such expert)`);
+    if (!te.steps) continue;
+    if (key === 'textExpert' && !(te.weight > 0 && te.weight + r.lexicalWeight < 1)) throw new Error(`${at}.weight: ${te.weight} must be above 0, and with lexicalWeight (${r.lexicalWeight}) below 1`);
+    if (key === 'textImageExpert' && !(te.weight > 0 && te.weight < 1)) throw new Error(`${at}.weight: ${te.weight} must be between 0 and 1 (exclusive)`);
+    if (!POOLINGS.includes(te.pooling)) throw new Error(`${at}.pooling: '${te.pooling}' is not one of ${POOLINGS.join(', ')}`);
+    if (!Number.isInteger(te.embedDim) || te.embedDim < 1 || !Number.isInteger(te.batch) || te.batch < 2 || !(te.lr > 0)) throw new Error(`${at}: embedDim must be a positive integer, batch at least 2, lr above 0`);
+    if (!(te.keywordShare >= 0 && te.keywordShare < 1)) throw new Error(`${at}.keywordShare: ${te.keywordShare} must be a number from 0 (none) to below 1`);
+  }
+  const taskWeights = parseTaskWeights(r.taskWeights, `${where}.taskWeights`);
+  if (Object.keys(taskWeights).length && r.batching !== 'task') throw new Error(`${where}.taskWeights: needs batching 'task' (one task per batch), not '${r.batching}'`);
+  if (!RETRIEVER_BATCHINGS.includes(r.batching)) throw new Error(`${where}.batching: '${r.batching}' is not one of ${RETRIEVER_BATCHINGS.join(', ')}`);
+}
+
 export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   if (PIPELINE_CONFIGS[nameOrFile]) return structuredClone(PIPELINE_CONFIGS[nameOrFile]);
   if (!existsSync(nameOrFile)) throw new Error(`config '${nameOrFile}': neither a config name (${Object.keys(PIPELINE_CONFIGS).join(', ')}) nor a file`);
@@ -258,31 +288,10 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   if (!base) throw new Error(`${nameOrFile}: base '${name}' is not a config (${Object.keys(PIPELINE_CONFIGS).join(', ')})`);
   const cfg = merge(base as unknown as Record<string, unknown>, over, nameOrFile) as unknown as PipelineConfig;
   getPreset(cfg.preset);
-  if (!POOLINGS.includes(cfg.retriever.pooling)) throw new Error(`${nameOrFile}.retriever.pooling: '${cfg.retriever.pooling}' is not one of ${POOLINGS.join(', ')}`);
-  if (!Number.isInteger(cfg.retriever.embedDim) || cfg.retriever.embedDim < 1) throw new Error(`${nameOrFile}.retriever.embedDim: ${cfg.retriever.embedDim} must be a positive integer`);
-  if (!(cfg.retriever.keywordShare >= 0 && cfg.retriever.keywordShare < 1)) throw new Error(`${nameOrFile}.retriever.keywordShare: ${cfg.retriever.keywordShare} must be a number from 0 (none) to below 1`);
-  for (const k of ['trigramDim', 'trigramBuckets'] as const) {
-    if (!Number.isInteger(cfg.retriever[k]) || cfg.retriever[k] < (k === 'trigramDim' ? 0 : 1)) throw new Error(`${nameOrFile}.retriever.${k}: ${JSON.stringify(cfg.retriever[k])} must be ${k === 'trigramDim' ? 'a width (0 = no trigram part)' : 'a positive integer'}`);
-  }
-  if (!(cfg.retriever.lexicalWeight >= 0 && cfg.retriever.lexicalWeight < 1)) throw new Error(`${nameOrFile}.retriever.lexicalWeight: ${JSON.stringify(cfg.retriever.lexicalWeight)} must be a number from 0 (no lexical part) to below 1`);
-  if (typeof cfg.retriever.taskWeights !== 'string') throw new Error(`${nameOrFile}.retriever.taskWeights: must be a string "<task>:<turns>,...", e.g. "1:3" ("" for none)`);
-  for (const key of ['textExpert', 'textImageExpert'] as const) {
-    const te = cfg.retriever[key];
-    const where = `${nameOrFile}.retriever.${key}`;
-    if (!Number.isInteger(te.steps) || te.steps < 0) throw new Error(`${where}.steps: ${JSON.stringify(te.steps)} must be a whole number (0 = no such expert)`);
-    if (!te.steps) continue;
-    if (key === 'textExpert' && !(te.weight > 0 && te.weight + cfg.retriever.lexicalWeight < 1)) throw new Error(`${where}.weight: ${te.weight} must be above 0, and with lexicalWeight (${cfg.retriever.lexicalWeight}) below 1`);
-    if (key === 'textImageExpert' && !(te.weight > 0 && te.weight < 1)) throw new Error(`${where}.weight: ${te.weight} must be between 0 and 1 (exclusive)`);
-    if (!POOLINGS.includes(te.pooling)) throw new Error(`${where}.pooling: '${te.pooling}' is not one of ${POOLINGS.join(', ')}`);
-    if (!Number.isInteger(te.embedDim) || te.embedDim < 1 || !Number.isInteger(te.batch) || te.batch < 2 || !(te.lr > 0)) throw new Error(`${where}: embedDim must be a positive integer, batch at least 2, lr above 0`);
-    if (!(te.keywordShare >= 0 && te.keywordShare < 1)) throw new Error(`${where}.keywordShare: ${te.keywordShare} must be a number from 0 (none) to below 1`);
-  }
-  const taskWeights = parseTaskWeights(cfg.retriever.taskWeights, `${nameOrFile}.retriever.taskWeights`);
-  if (Object.keys(taskWeights).length && cfg.retriever.batching !== 'task') throw new Error(`${nameOrFile}.retriever.taskWeights: needs batching 'task' (one task per batch), not '${cfg.retriever.batching}'`);
+  checkRetrieverSettings(cfg.retriever, `${nameOrFile}.retriever`);
   if (!Number.isInteger(cfg.firstStage.crossFit) || cfg.firstStage.crossFit < 0 || cfg.firstStage.crossFit === 1) {
     throw new Error(`${nameOrFile}.firstStage.crossFit: ${JSON.stringify(cfg.firstStage.crossFit)} must be 0 (rank with the retriever itself) or a number of folds from 2`);
   }
-  if (!RETRIEVER_BATCHINGS.includes(cfg.retriever.batching)) throw new Error(`${nameOrFile}.retriever.batching: '${cfg.retriever.batching}' is not one of ${RETRIEVER_BATCHINGS.join(', ')}`);
   if (!TRACE_STYLES.includes(cfg.sft.traceStyle)) throw new Error(`${nameOrFile}.sft.traceStyle: '${cfg.sft.traceStyle}' is not one of ${TRACE_STYLES.join(', ')}`);
   if (!Number.isInteger(cfg.sft.kStart) || cfg.sft.kStart < 1 || cfg.sft.kStart > cfg.eval.K) {
     throw new Error(`${nameOrFile}.sft.kStart: ${cfg.sft.kStart} must be an integer from 1 to eval.K = ${cfg.eval.K}`);
@@ -467,13 +476,14 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
       // The lexical part is fixed, not trained: attached once the dense model is.
       const w = c.retriever.lexicalWeight;
       if (w) hybrid = hybrid.withLexical({ tfidf: TfIdf.fit(bench.pool.map((x) => x.txt)), weight: w });
-      if (withExperts && c.retriever.textExpert.steps) {
-        const expert = await run('text expert', c.retriever.textExpert.steps, (p) => trainExpert('text expert', 1, c.retriever.textExpert, join(outDir, TEXT_EXPERT_DIR), base, keep, keepName, p));
-        hybrid = hybrid.withTextExpert({ model: expert, weight: c.retriever.textExpert.weight });
-      }
-      if (withExperts && c.retriever.textImageExpert.steps) {
-        const expert = await run('text -> image expert', c.retriever.textImageExpert.steps, (p) => trainExpert('text -> image expert', 0, c.retriever.textImageExpert, join(outDir, TEXT_IMAGE_EXPERT_DIR), base, keep, keepName, p));
-        hybrid = hybrid.withTextImageExpert({ model: expert, weight: c.retriever.textImageExpert.weight });
+      const experts = [
+        { label: 'text expert', task: 1, te: c.retriever.textExpert, dir: TEXT_EXPERT_DIR, attach: (r: Retriever, e: TextExpert) => r.withTextExpert(e) },
+        { label: 'text -> image expert', task: 0, te: c.retriever.textImageExpert, dir: TEXT_IMAGE_EXPERT_DIR, attach: (r: Retriever, e: TextExpert) => r.withTextImageExpert(e) },
+      ];
+      for (const x of withExperts ? experts : []) {
+        if (!x.te.steps) continue;
+        const model = await run(x.label, x.te.steps, (p) => trainExpert(x.label, x.task, x.te, join(outDir, x.dir), base, keep, keepName, p));
+        hybrid = x.attach(hybrid, { model, weight: x.te.weight });
       }
       await hybrid.save(join(outDir, 'final'));
     } finally {

@@ -199,7 +199,7 @@ export function contrastiveLogits(retriever: Retriever, batch: readonly Triple[]
   // A hybrid retriever's text-text scores mix in TF-IDF; every other pair's score is the
   // dense cosine times the pair's dense factors (LexicalSettings), undone here so that an
   // image batch or a text -> image batch trains at the temperature it would without it.
-  const a = retriever.denseScales(inputs.map((x) => retriever.layout(x)));
+  const a = retriever.denseScales(inputs.map((x) => x.text ?? ''));
   if (a) {
     const r = new Float32Array(B * (inputs.length - B));
     for (let i = 0; i < B; i++) for (let j = B; j < inputs.length; j++) r[i * (inputs.length - B) + j - B] = a[i] < 1 && a[j] < 1 ? 1 : 1 / (a[i] * a[j]);

@@ -57,6 +57,18 @@ const embedRows = async (r: Retriever, inputs: Parameters<Retriever['embed']>[0]
   return { a, shape };
 };
 
+/** float64 dot product. */
+const dot = (x: ArrayLike<number>, y: ArrayLike<number>) => Array.from(x).reduce((acc, v, j) => acc + v * y[j], 0);
+/** Row i of a row-major matrix of width n. */
+const row = (m: Float32Array, i: number, n: number) => m.subarray(i * n, (i + 1) * n);
+/** Two texts' TF-IDF cosine from the sparse weights (the reference for the dense rows). */
+function tfidfCosine(tfidf: TfIdf, x: string, y: string): number {
+  const a = tfidf.weights(x);
+  let s = 0;
+  for (const [g, v] of tfidf.weights(y)) s += v * (a.get(g) ?? 0);
+  return s;
+}
+
 /** One InfoNCE backward pass over two text pairs (gradients left on the retriever's tensors). */
 const TEXT_PAIRS: Triple[] = [
   { query: { text: 'sun' }, positive: { text: 'hot and bright' } },
@@ -280,11 +292,7 @@ describe('retriever embeddings', () => {
       expectClose(lex.subarray(i * tfidf.size, (i + 1) * tfidf.size).map((v) => v * Math.sqrt(w)), a.subarray(i * W + E, (i + 1) * W), 1e-6, 1e-6, `lexical part of input ${i}`);
     }
     // Between two texts the score is (1 - w) dense cosine + w TF-IDF cosine (float64 reference from the sparse weights).
-    const dot = (x: ArrayLike<number>, y: ArrayLike<number>) => Array.from(x).reduce((acc, v, j) => acc + v * y[j], 0);
-    const row = (m: Float32Array, i: number, n: number) => m.subarray(i * n, (i + 1) * n);
-    const q = tfidf.weights(texts[0]);
-    let sparse = 0;
-    for (const [g, v] of tfidf.weights(texts[1])) sparse += v * (q.get(g) ?? 0);
+    const sparse = tfidfCosine(tfidf, texts[0], texts[1]);
     expect(sparse).toBeGreaterThan(0.1);
     expect(dot(row(a, 0, W), row(a, 1, W))).toBeCloseTo((1 - w) * dot(row(dense, 0, E), row(dense, 1, E)) + w * sparse, 5);
     // An image query against texts: the dense cosine times the same sqrt(1 - w) for each, so the order is the dense part's.
@@ -323,11 +331,7 @@ describe('retriever embeddings', () => {
       expectClose(ref, a.subarray(i * W + E, i * W + E + 24), 1e-5, 1e-5, `expert part of input ${i}`);
     }
     // Between two texts: the three cosines by their shares (float64 reference).
-    const dot = (x: ArrayLike<number>, y: ArrayLike<number>) => Array.from(x).reduce((acc, v, j) => acc + v * y[j], 0);
-    const row = (m: Float32Array, i: number, n: number) => m.subarray(i * n, (i + 1) * n);
-    const q = tfidf.weights(texts[0]);
-    let sparse = 0;
-    for (const [g, v] of tfidf.weights(texts[1])) sparse += v * (q.get(g) ?? 0);
+    const sparse = tfidfCosine(tfidf, texts[0], texts[1]);
     const want = (1 - we - wl) * dot(row(dense, 0, E), row(dense, 1, E)) + we * dot(row(ex, 0, 24), row(ex, 1, 24)) + wl * sparse;
     expect(dot(row(a, 0, W), row(a, 1, W))).toBeCloseTo(want, 5);
     await hybrid.save(join(dir, 'expert'));
@@ -356,7 +360,6 @@ describe('retriever embeddings', () => {
     const q = (await embedRows(hybrid, inputs, 'query')).a;
     const c = (await embedRows(hybrid, inputs, 'candidate')).a;
     const none = (await embedRows(hybrid, inputs)).a;
-    const row = (m: Float32Array, i: number, n: number) => m.subarray(i * n, (i + 1) * n);
     const zeros = new Float32Array(20);
     // Queries: the text-only one carries the expert whole; the others a zero part; dense parts as they were.
     expectClose([...row(dense, 0, E), ...row(ex, 0, 20)], row(q, 0, W), 1e-5, 1e-5, 'text query');
@@ -375,7 +378,6 @@ describe('retriever embeddings', () => {
     const qe = (await embedRows(model, [{ text: 'a blue triangle' }])).a;
     const pd = (await embedRows(r, pool.map((p) => p.input))).a;
     const pe = (await embedRows(model, pool.map((p) => p.input))).a;
-    const dot = (x: ArrayLike<number>, y: ArrayLike<number>) => Array.from(x).reduce((acc, v, j) => acc + v * y[j], 0);
     const score = (k: number) => Math.sqrt(1 - w) * dot(qd, row(pd, k, E)) + Math.sqrt(w) * dot(qe, row(pe, k, 20));
     expect(ranked.get('q')).toEqual([0, 1, 2, 3].sort((x, y) => score(y) - score(x)).map((k) => `img${k}`));
     await hybrid.save(join(dir, 't2i'));
@@ -462,21 +464,14 @@ describe('retriever training', () => {
     const dq = (await embedRows(r, queries)).a;
     const dc = (await embedRows(r, cols)).a;
     const textOf = (x: { text?: string }) => x.text ?? '';
-    const cosine = (x: string, y: string) => {
-      const a = tfidf.weights(x);
-      let s = 0;
-      for (const [g, v] of tfidf.weights(y)) s += v * (a.get(g) ?? 0);
-      return s;
-    };
     expect(logits.shape).toEqual([3, 4]);
     let textPairs = 0;
     for (let i = 0; i < 3; i++) {
       for (let j = 0; j < 4; j++) {
-        let d = 0;
-        for (let k = 0; k < E; k++) d += dq[i * E + k] * dc[j * E + k];
+        const d = dot(row(dq, i, E), row(dc, j, E));
         const both = !!textOf(queries[i]) && !!textOf(cols[j]);
         if (both) textPairs++;
-        const ref = 20 * (both ? (1 - w) * d + w * cosine(textOf(queries[i]), textOf(cols[j])) : d);
+        const ref = 20 * (both ? (1 - w) * d + w * tfidfCosine(tfidf, textOf(queries[i]), textOf(cols[j])) : d);
         expect(l[i * 4 + j], `row ${i}, column ${j}`).toBeCloseTo(ref, 3);
       }
     }
