@@ -8,7 +8,7 @@
 //     [--data data/emoji-mbeir] [--steps 300] [--batch 4] [--lr 1e-3] [--K 16]
 //     [--k-start 4] [--easy-share 0.5] [--tasks 4,6] [--decision-share 0.5]
 //     [--decision-tokens digits|answer] [--max-inspections 3]
-//     [--trace full|brief|open|nameless|answer|pointed|looks] [--first-stage train-rankings.json]
+//     [--trace full|brief|open|nameless|answer|pointed|looks|verify|glance] [--first-stage train-rankings.json]
 //     [--save-every 25] [--seed 1] [--no-icm] [--no-inspect] [--quiet]
 //
 // Choices:

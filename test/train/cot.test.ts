@@ -262,6 +262,41 @@ describe('synthetic chains of thought', () => {
     }
   });
 
+  it('the verify style points at the answer, looks at it in about half of the traces, and accepts it', () => {
+    let looked = 0;
+    const positions = new Set<number>();
+    for (const q of train) {
+      const qa = qattrs.get(q.qid)!;
+      const { cands, trace } = makeTrace(q, 0, 3, 'verify');
+      const a = makeTrace(q, 0, 3, 'answer').trace;
+      expect(trace.answer).toBe(a.answer);
+      positions.add(trace.answer);
+      const claim = `Candidate ${trace.answer} matches the query.`;
+      const marker = `<inspection-index-start>${trace.answer}<inspection-index-end>`;
+      expect(trace.sentences).toEqual(trace.inspections.length ? [marker, claim] : [claim]);
+      expect(trace.inspections.length ? trace.inspections : [trace.answer]).toEqual([trace.answer]);
+      expect(check(q, qa, cands, trace, true, false, false)).toEqual([]);
+      if (trace.inspections.length) looked++;
+      // Without inspection it never looks; the claim and the answer stay.
+      const plain = makeTrace(q, 0, 0, 'verify').trace;
+      expect(plain.text).toBe(`<think>${claim}</think><answer>${trace.answer}</answer>`);
+    }
+    expect(looked / train.length).toBeGreaterThan(0.3);
+    expect(looked / train.length).toBeLessThan(0.7);
+    expect(positions.size).toBe(K);
+  });
+
+  it('the glance style is the verify style without its sentence: the same look or none, then the answer', () => {
+    for (const q of train.slice(0, 100)) {
+      const v = makeTrace(q, 0, 3, 'verify').trace;
+      const g = makeTrace(q, 0, 3, 'glance').trace;
+      expect({ answer: g.answer, inspections: g.inspections }).toEqual({ answer: v.answer, inspections: v.inspections });
+      const look = g.inspections.map((i) => `<inspection-index-start>${i}<inspection-index-end>`).join('');
+      expect(g.text).toBe(`<think>${look}</think><answer>${g.answer}</answer>`);
+      expect(makeTrace(q, 0, 0, 'glance').trace.text).toBe(makeTrace(q, 0, 3, 'answer').trace.text);
+    }
+  });
+
   it('the answer style is the answer alone, the same answer and hard negatives as a traced one', () => {
     for (const q of train.slice(0, 100)) {
       const a = makeTrace(q).trace;

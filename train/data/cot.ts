@@ -49,7 +49,15 @@
 // without a look. Its first index is a pointing decision (the first candidate showing the
 // target's emoji), so a pointing model starts it right. `looks` is `pointed` without a
 // word: the inspection markers alone, then the answer, so nothing is copied but indices
-// (without inspection it is the answer style).
+// (without inspection it is the answer style). `verify` is pointing with one optional look:
+// the answer's index first, inspected in about half of the traces (seeded per draw), then
+// accepted and answered: `<think><inspection-index-start>3<inspection-index-end> Candidate
+// 3 matches the query.</think><answer>3</answer>`. The decision is the first index, where
+// a pointing model already puts it; the rest is one short copy, and whether to look is left
+// for GRPO's inspection penalty to settle. `glance` is `verify` without the sentence:
+// `<think><inspection-index-start>3<inspection-index-end></think><answer>3</answer>` or,
+// without the look, the answer style itself, so the answer copies the index across the
+// spliced tokens alone.
 import type { MbeirQuery } from './mbeir-types.ts';
 import type { EmojiAttributes, EmojiQueryAttributes } from './emoji-benchmark.ts';
 import { type SeededRng, type Split, rngFor } from './seeded.ts';
@@ -133,8 +141,8 @@ export function candidateList(q: MbeirQuery, o: CandidateListOptions): string[] 
   return (o.shuffle ?? true) ? rng.shuffle(list) : list;
 }
 
-export type TraceStyle = 'full' | 'brief' | 'open' | 'nameless' | 'answer' | 'pointed' | 'looks';
-export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief', 'open', 'nameless', 'answer', 'pointed', 'looks'];
+export type TraceStyle = 'full' | 'brief' | 'open' | 'nameless' | 'answer' | 'pointed' | 'looks' | 'verify' | 'glance';
+export const TRACE_STYLES: readonly TraceStyle[] = ['full', 'brief', 'open', 'nameless', 'answer', 'pointed', 'looks', 'verify', 'glance'];
 
 export interface TraceOptions {
   seed: number;
@@ -326,7 +334,7 @@ export function synthesizeTrace(
   const style = opts.style ?? 'full';
   if (!TRACE_STYLES.includes(style)) throw new RangeError(`synthesizeTrace: unknown style '${style}' (${TRACE_STYLES.join(', ')})`);
   const brief = style !== 'full';
-  const named = style !== 'nameless' && style !== 'pointed' && style !== 'looks';
+  const named = style === 'full' || style === 'brief' || style === 'open';
   const pos = new Set(query.pos_cand_list);
   const infos: Info[] = candidates.map((d, i) => {
     const a = attributes.get(d);
@@ -341,6 +349,11 @@ export function synthesizeTrace(
   const ans = infos[answer];
   const hard = infos.filter((c) => c.hard);
   if (style === 'answer') return { text: `<think></think><answer>${answer}</answer>`, answer, inspections: [], hard: hard.map((c) => c.i), sentences: [] };
+  if (style === 'verify' || style === 'glance') {
+    const look = maxIns > 0 && rng.next() < 0.5;
+    const sentences = [...(look ? [`${INSPECT_START}${answer}${INSPECT_END}`] : []), ...(style === 'verify' ? [`${cap(cand(answer))} matches the query.`] : [])];
+    return { text: `<think>${sentences.join(' ')}</think><answer>${answer}</answer>`, answer, inspections: look ? [answer] : [], hard: hard.map((c) => c.i), sentences };
+  }
   if (style === 'pointed' || style === 'looks') {
     const t = pointedTrace(qa, infos, ans, hard, maxIns);
     if (style === 'pointed') return t;
