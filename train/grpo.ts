@@ -30,7 +30,8 @@
 //  global gradient-norm clip 1, constant lr after an optional warmup.
 //
 // Runs: runDir/log.jsonl gets one line per step (reward mean and std, accuracy, N_ins,
-// completion length, KL, clip fraction, lambda, loss, lr, seconds, the rewards); every
+// completion length, KL, clip fraction, lambda, loss, lr, seconds, and each completion's
+// reward, N_ins and r_format); every
 // saveEvery steps runDir/checkpoint holds the policy, the ICM, the optimizer moments, the
 // step and the run's settings (written to a temp folder, then swapped in). All randomness
 // derives from (seed, step), so resuming from the checkpoint replays the remaining steps
@@ -102,6 +103,9 @@ export interface GrpoStepInfo {
   steps: number;
   /** Every completion's reward, prompt by prompt (G per prompt). */
   rewards: number[];
+  /** Every completion's N_ins and r_format, in the order of rewards (to tell what a look does to the reward). */
+  looks: number[];
+  formats: number[];
   rewardMean: number;
   /** Population std over the batch's completions. */
   rewardStd: number;
@@ -476,6 +480,8 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
         step,
         steps: o.steps,
         rewards,
+        looks: scored.map((s) => s.inspections),
+        formats: scored.map((s) => s.format),
         rewardMean: mean(rewards),
         rewardStd: Math.sqrt(mean(rewards.map((r) => (r - mean(rewards)) ** 2))),
         accuracy: mean(scored.map((s) => (s.correct ? 1 : 0))),

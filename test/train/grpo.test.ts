@@ -170,6 +170,15 @@ describe('grpo runs', () => {
     const m = r.reduce((x, y) => x + y, 0) / r.length;
     expect(a[0].rewardMean).toBeCloseTo(m, 10);
     expect(a[0].rewardStd).toBeCloseTo(Math.sqrt(r.reduce((x, y) => x + (y - m) ** 2, 0) / r.length), 10);
+    // Per completion: N_ins and r_format average to the step's figures, and each reward is
+    // r_format plus 0 or the correct-answer term for that completion's looks.
+    for (const st of a) {
+      const { looks, formats } = st;
+      expect([looks.length, formats.length]).toEqual([8, 8]);
+      expect(st.inspections).toBeCloseTo(looks.reduce((x, y) => x + y, 0) / 8, 10);
+      expect(st.formatRate).toBeCloseTo(formats.reduce((x, y) => x + y, 0) / 8, 10);
+      st.rewards.forEach((x, j) => expect(Math.min(Math.abs(x - formats[j]), Math.abs(x - (formats[j] + 1 - (st.lambda * looks[j]) / K)))).toBeLessThan(1e-12));
+    }
     const lines = logLines(join(dir, 'seeded-0'));
     expect(lines.map((l) => l.step)).toEqual([0, 1]);
     for (const key of ['rewardMean', 'rewardStd', 'accuracy', 'inspections', 'completionLength', 'kl', 'clipFraction', 'lambda', 'loss', 'lr', 'seconds']) {
