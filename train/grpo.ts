@@ -31,12 +31,11 @@
 //
 // Runs: runDir/log.jsonl gets one line per step (reward mean and std, accuracy, N_ins,
 // completion length, KL, clip fraction, lambda, loss, lr, seconds, and each completion's
-// reward, N_ins and r_format); every
-// saveEvery steps runDir/checkpoint holds the policy, the ICM, the optimizer moments, the
-// step and the run's settings (written to a temp folder, then swapped in). All randomness
-// derives from (seed, step), so resuming from the checkpoint replays the remaining steps
-// exactly; the log's lines past the checkpoint are dropped on resume. runDir/final holds
-// the trained policy (and ICM).
+// reward, N_ins and r_format); every saveEvery steps runDir/checkpoint holds the policy,
+// the ICM, the optimizer moments, the step and the run's settings (written to a temp
+// folder, then swapped in). All randomness derives from (seed, step), so resuming from the
+// checkpoint replays the remaining steps exactly; the log's lines past the checkpoint are
+// dropped on resume. runDir/final holds the trained policy (and ICM).
 import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
