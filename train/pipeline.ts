@@ -242,10 +242,6 @@ function checkPointingPhase(ph: unknown, where: string, evalK: number): void {
   if ('firstStage' in ph && typeof ph.firstStage !== 'boolean') throw new Error(`${where}.firstStage: ${JSON.stringify(ph.firstStage)} must be true or false`);
 }
 
-/**
- * A config by name (tiny, small) or from a JSON file whose settings override a named
- * config ({"base": "small", "sft": {"steps": 500}}; base defaults to the file's preset, else tiny).
- */
 /** Checks a config's retriever section; `where` names it in errors (e.g. "file.json.retriever"). */
 export function checkRetrieverSettings(r: PipelineConfig['retriever'], where: string): void {
   if (!POOLINGS.includes(r.pooling)) throw new Error(`${where}.pooling: '${r.pooling}' is not one of ${POOLINGS.join(', ')}`);
@@ -272,6 +268,10 @@ export function checkRetrieverSettings(r: PipelineConfig['retriever'], where: st
   if (!RETRIEVER_BATCHINGS.includes(r.batching)) throw new Error(`${where}.batching: '${r.batching}' is not one of ${RETRIEVER_BATCHINGS.join(', ')}`);
 }
 
+/**
+ * A config by name (tiny, small) or from a JSON file whose settings override a named
+ * config ({"base": "small", "sft": {"steps": 500}}; base defaults to the file's preset, else tiny).
+ */
 export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   if (PIPELINE_CONFIGS[nameOrFile]) return structuredClone(PIPELINE_CONFIGS[nameOrFile]);
   if (!existsSync(nameOrFile)) throw new Error(`config '${nameOrFile}': neither a config name (${Object.keys(PIPELINE_CONFIGS).join(', ')}) nor a file`);
