@@ -101,7 +101,8 @@ program
   .option('--tasks <ids>', 'only the queries of these task ids, e.g. 4,6', taskList)
   .option('--no-icm', 'full tokens for every candidate')
   .option('--no-inspect', 'no details inspection')
-  .action(async (o: { queries: string; pool: string; imageRoot: string; ckpt: string; out: string; retriever?: string; k: number; limit?: number; tasks?: number[]; icm: boolean; inspect: boolean }) => {
+  .option('--prefix <text>', 'force the start of every answer, e.g. "<think><inspection-index-start>" (one decision path of a trained model)')
+  .action(async (o: { queries: string; pool: string; imageRoot: string; ckpt: string; out: string; retriever?: string; k: number; limit?: number; tasks?: number[]; icm: boolean; inspect: boolean; prefix?: string }) => {
     for (const [flag, path] of [['--queries', o.queries], ['--pool', o.pool], ['--image-root', o.imageRoot]] as const) {
       if (!existsSync(path)) throw new UserError(`${flag} ${path}: no such file or folder`);
     }
@@ -123,6 +124,7 @@ program
       tasks: o.tasks,
       noIcm: !o.icm,
       noInspect: !o.inspect,
+      prefix: o.prefix,
       out: o.out,
       onProgress: (what, done, total) => p.update(0, { [what]: `${done}/${total}` }),
       log: (l) => p.log(l),

@@ -23,8 +23,15 @@
 //   loss  = mean over completions of (mean over the completion's sampled tokens of l_t)
 //   Defaults: eps_clip = 0.2, beta = 0.04 (DeepSeekMath's values).
 //   Completions without a sampled token are left out of the mean (they carry nothing).
+//   Option lengthNorm = M (Dr. GRPO, Liu et al. 2025): each completion's sum of l_t is
+//   divided by the constant M instead of its own length. With 1 / L, a token of a short
+//   completion weighs more than the same token in a long one, so among completions with
+//   the same advantage the shorter gets the larger push: on our verify traces a look makes
+//   a completion longer, and that alone moves the decision after <think> away from
+//   looking even when the looks earn more reward (README, "Why GRPO stops looking").
 //
-// Logged figures, averaged the same way as the loss (per completion, then over completions):
+// Logged figures, per completion over its own tokens, then over completions (whatever the
+// loss's lengthNorm):
 //   kl            mean k3
 //   clip fraction tokens where the clipped term is the one taken and differs from the
 //                 unclipped one: A > 0 and rho > 1 + eps_clip, or A < 0 and rho < 1 - eps_clip
@@ -105,6 +112,15 @@ export interface ObjectiveOptions {
   clip?: number;
   /** beta, the k3 weight (default 0.04). */
   beta?: number;
+  /** M: divide each completion's token sum by M, not by its length (default: its length). */
+  lengthNorm?: number | null;
+}
+
+/** The divisor of a completion of L tokens (its length, or the constant M). */
+function completionDivisor(L: number, lengthNorm: number | null | undefined): number {
+  if (lengthNorm === undefined || lengthNorm === null) return L;
+  if (!(lengthNorm > 0) || !Number.isFinite(lengthNorm)) throw new RangeError(`GRPO objective: lengthNorm must be a finite number > 0, got ${lengthNorm}`);
+  return lengthNorm;
 }
 
 /** k3 = exp(ref - logp) - (ref - logp) - 1 (>= 0, 0 when the two agree). */
@@ -174,7 +190,7 @@ export function grpoObjective(cs: readonly CompletionLogProbs[], o: ObjectiveOpt
       k += x.k3;
       f += x.clipped ? 1 : 0;
     }
-    loss += l / L;
+    loss += l / completionDivisor(L, o.lengthNorm);
     kl += k / L;
     clip += f / L;
     n++;
@@ -186,9 +202,10 @@ export function grpoObjective(cs: readonly CompletionLogProbs[], o: ObjectiveOpt
 
 /**
  * Per-token host arrays for the GPU loss of a batch: each completion's advantage repeated
- * over its tokens, and the averaging weight 1 / (L_c * C) (C = completions with tokens).
+ * over its tokens, and the averaging weight 1 / (L_c * C) (C = completions with tokens),
+ * or 1 / (M * C) with lengthNorm M.
  */
-export function tokenWeights(lengths: readonly number[], advantages: readonly number[]): { advantage: Float32Array; weight: Float32Array } {
+export function tokenWeights(lengths: readonly number[], advantages: readonly number[], lengthNorm?: number | null): { advantage: Float32Array; weight: Float32Array } {
   if (lengths.length !== advantages.length) throw new RangeError(`tokenWeights: ${lengths.length} lengths but ${advantages.length} advantages`);
   const N = lengths.reduce((a, n) => a + n, 0);
   const C = lengths.filter((n) => n > 0).length;
@@ -197,7 +214,7 @@ export function tokenWeights(lengths: readonly number[], advantages: readonly nu
   let at = 0;
   lengths.forEach((L, i) => {
     advantage.fill(advantages[i], at, at + L);
-    weight.fill(1 / (L * C), at, at + L);
+    weight.fill(1 / (completionDivisor(L, lengthNorm) * C), at, at + L);
     at += L;
   });
   return { advantage, weight };
@@ -230,7 +247,7 @@ export function grpoLoss(
   };
   const oldT = asTensor(old, 'old');
   const refT = asTensor(ref, 'ref');
-  const { advantage, weight } = tokenWeights(lengths, advantages);
+  const { advantage, weight } = tokenWeights(lengths, advantages, o.lengthNorm);
   const A = fromArray(advantage, [N]);
   const rho = exp(sub(logp, oldT));
   const surrogate = minimum(mul(rho, A), mul(clamp(rho, 1 - eps, 1 + eps), A));

@@ -26,14 +26,19 @@
 //     `logpGap`, the largest difference, as a running check).
 //  Temperature: the log-probs are untempered (the policy itself); sampling at another
 //  temperature makes the sample slightly off-policy, which the ratio does not correct.
+//  Averaging: each completion over its own tokens (the paper's GRPO, the default) or over
+//  maxNewTokens (`lengthNorm: 'constant'`, Dr. GRPO); `lossOn` restricts the loss to the
+//  decision after <think> or to the rest (a diagnostic; see grpo-objective.ts and README,
+//  "Why GRPO stops looking").
 //  Optimizer: AdamW, betas (0.9, 0.95), no weight decay (the KL term is the regulariser),
 //  global gradient-norm clip 1, constant lr after an optional warmup.
 //
 // Runs: runDir/log.jsonl gets one line per step (reward mean and std, accuracy, N_ins,
-// completion length, KL, clip fraction, lambda, loss, lr, seconds, and each completion's
-// reward, N_ins and r_format); every saveEvery steps runDir/checkpoint holds the policy,
-// the ICM, the optimizer moments, the step and the run's settings (written to a temp
-// folder, then swapped in). All randomness derives from (seed, step), so resuming from the
+// completion length, KL, clip fraction, lambda, loss, lr, seconds; each completion's
+// reward, N_ins, r_format, loss length and whether it opened a look right after <think>;
+// and each prompt's exact P(look) there before and after the step); every saveEvery steps
+// runDir/checkpoint holds the policy, the ICM, the optimizer moments, the step and the
+// run's settings (written to a temp folder, then swapped in). All randomness derives from (seed, step), so resuming from the
 // checkpoint replays the remaining steps exactly; the log's lines past the checkpoint are
 // dropped on resume. runDir/final holds the trained policy (and ICM).
 import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
@@ -45,6 +50,7 @@ import {
   AdamW,
   addScalar,
   constantSchedule,
+  exp,
   fromArray,
   getEngine,
   indexSelect,
@@ -105,6 +111,11 @@ export interface GrpoStepInfo {
   /** Every completion's N_ins and r_format, in the order of rewards (to tell what a look does to the reward). */
   looks: number[];
   formats: number[];
+  /**
+   * Every completion's decision: 1 when the token after `<think>` opened a look, whether or
+   * not the look was then closed and spliced (N_ins counts only those that were).
+   */
+  opened: number[];
   rewardMean: number;
   /** Population std over the batch's completions. */
   rewardStd: number;
@@ -114,6 +125,13 @@ export interface GrpoStepInfo {
   formatRate: number;
   /** Mean N_ins. */
   inspections: number;
+  /** Mean over the prompts of P(the first token after <think> opens a look), at the sampling policy. */
+  lookProb: number;
+  /** The same per prompt, before the step's updates and after them (what one step does to looking). */
+  lookProbs: number[];
+  lookProbsAfter: number[];
+  /** Every completion's tokens in the loss (its weight there is 1 / length). */
+  lengths: number[];
   /** Mean assistant tokens per completion (forced prefix included). */
   completionLength: number;
   /** Mean k3 against the reference, at the sampling policy. */
@@ -169,6 +187,14 @@ export interface GrpoOptions {
   maxNewTokens?: number;
   /** Optimisation steps per sampled batch (default 1). */
   updates?: number;
+  /** Which sampled tokens the loss sees (default all; see LossTokens). */
+  lossOn?: LossTokens;
+  /**
+   * How a completion's token terms are averaged: over its own length (`completion`, the
+   * default, as the paper's GRPO) or over maxNewTokens for every completion (`constant`,
+   * Dr. GRPO; see grpo-objective.ts).
+   */
+  lengthNorm?: LengthNorm;
   /** Checkpoint every this many steps (default 0: only the final weights). */
   saveEvery?: number;
   /** Global gradient-norm clip (default 1). */
@@ -248,15 +274,17 @@ export interface Completion {
 export function completionLogProbs(
   model: Mllm,
   prompts: readonly GrpoPrompt[],
-  completions: readonly Completion[],
-  o: { system?: string; compress?: CompressFactory; maxInspections: number; prefixLength?: number },
-): { logp: Tensor; lengths: number[] } {
+  completions: readonly { prompt: number; result: { tokens: readonly number[] } }[],
+  o: { system?: string; compress?: CompressFactory; maxInspections: number; prefixLength?: number; lossOn?: LossTokens },
+): { logp: Tensor; lengths: number[]; kept: number[][] } {
   const skip = o.prefixLength ?? 0;
+  const think = model.tokenizer.specialIds.thinkStart;
   const hooks = compressPrompts(o.compress, prompts);
   const layouts: SequenceLayout[] = [];
   const rows: { seq: number; at: number }[] = [];
   const targets: number[] = [];
   const lengths: number[] = [];
+  const kept: number[][] = [];
   completions.forEach((c, b) => {
     const p = prompts[c.prompt];
     const prompt = rerankParts(p.query, p.candidates, { system: o.system, compress: hooks[c.prompt] });
@@ -264,12 +292,14 @@ export function completionLogProbs(
     const at: number[] = [];
     tl.traceMask.forEach((m, t) => m && at.push(t));
     if (at.length !== c.result.tokens.length) throw new Error(`grpo: completion ${b} has ${c.result.tokens.length} tokens but its replay holds ${at.length}`);
-    const sampled = at.slice(skip);
-    for (const t of sampled) {
+    const keep = lossTokenIndices(c.result.tokens.slice(skip), think, o.lossOn ?? 'all');
+    for (const k of keep) {
+      const t = at[skip + k];
       rows.push({ seq: b, at: t - 1 }); // position t - 1 predicts the token at t
       targets.push(tl.layout.ids[t]);
     }
-    lengths.push(sampled.length);
+    lengths.push(keep.length);
+    kept.push(keep);
     layouts.push(tl.layout);
   });
   const batch = model.batch(layouts);
@@ -278,7 +308,47 @@ export function completionLogProbs(
   const h = model.llm.forwardEmbeds(batch.embeds, batch.positions);
   const picked = indexSelect(reshape(h, [layouts.length * T, D]), 0, rows.map((r) => r.seq * T + r.at));
   const logp = logProbsOf(model.llm.head(picked), fromArray(Int32Array.from(targets), [targets.length], 'i32'));
-  return { logp, lengths };
+  return { logp, lengths, kept };
+}
+
+/**
+ * Which of a completion's sampled tokens the loss sees. `decision`: the token right after
+ * the first `<think>` (where a verify trace either opens a look or starts its sentence);
+ * `rest`: every other one. A diagnostic: it tells whether the update on the decision itself
+ * or the updates on the tokens around it move the decision.
+ */
+export type LossTokens = 'all' | 'decision' | 'rest';
+export type LengthNorm = 'completion' | 'constant';
+export const LENGTH_NORMS: readonly LengthNorm[] = ['completion', 'constant'];
+export const LOSS_TOKENS: readonly LossTokens[] = ['all', 'decision', 'rest'];
+
+/** Indices into `sampled` the loss keeps (see LossTokens). */
+export function lossTokenIndices(sampled: readonly number[], think: number, on: LossTokens): number[] {
+  const all = sampled.map((_, i) => i);
+  if (on === 'all') return all;
+  const t = sampled.indexOf(think);
+  const decision = t >= 0 && t + 1 < sampled.length ? t + 1 : -1;
+  return on === 'decision' ? (decision < 0 ? [] : [decision]) : all.filter((i) => i !== decision);
+}
+
+/** Whether the token after a completion's first `<think>` opens a look. */
+export function opensLook(tokens: readonly number[], sp: { thinkStart: number; inspectStart: number }): boolean {
+  const t = tokens.indexOf(sp.thinkStart);
+  return t >= 0 && tokens[t + 1] === sp.inspectStart;
+}
+
+/**
+ * P(the first token after `<think>` opens a look) for each prompt, under `model`: the
+ * exact probability the sampler draws from, not a sampled rate.
+ */
+export function lookProbabilities(
+  model: Mllm,
+  prompts: readonly GrpoPrompt[],
+  o: { system?: string; compress?: CompressFactory; maxInspections: number },
+): Tensor {
+  const sp = model.tokenizer.specialIds;
+  const probes = prompts.map((_, i) => ({ prompt: i, result: { tokens: [sp.thinkStart, sp.inspectStart] } }));
+  return exp(completionLogProbs(model, prompts, probes, { ...o, prefixLength: 1 }).logp);
 }
 
 /** A frozen copy of parameters (no gradient, new buffers). */
@@ -326,7 +396,9 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
   const G = o.group;
   const maxIns = o.maxInspections ?? 3;
   const updates = o.updates ?? 1;
-  const objective = { clip: o.clip ?? DEFAULT_CLIP, beta: o.kl ?? DEFAULT_KL_BETA };
+  const lengthNorm = o.lengthNorm ?? 'completion';
+  if (!LENGTH_NORMS.includes(lengthNorm)) throw new RangeError(`grpo: lengthNorm must be one of ${LENGTH_NORMS.join(', ')}, got ${lengthNorm}`);
+  const objective = { clip: o.clip ?? DEFAULT_CLIP, beta: o.kl ?? DEFAULT_KL_BETA, lengthNorm: lengthNorm === 'constant' ? (o.maxNewTokens ?? 256) : null };
   const prefix = o.prefix ?? [];
   for (const [name, v, min] of [['steps', o.steps, 1], ['group', G, 2], ['batch', o.batch, 1], ['updates', updates, 1]] as const) {
     if (!Number.isInteger(v) || v < min) throw new RangeError(`grpo: ${name} must be an integer >= ${min}, got ${v}`);
@@ -359,7 +431,9 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
   const ckptDir = join(o.runDir, 'checkpoint');
   const logPath = join(o.runDir, 'log.jsonl');
   mkdirSync(o.runDir, { recursive: true });
-  const settings = { seed: o.seed, steps: o.steps, group: G, batch: o.batch, K, kl: objective.beta, clip: objective.clip, temperature: o.temperature ?? 1, fixedLambda: o.fixedLambda ?? null, maxInspections: maxIns, maxNewTokens: o.maxNewTokens ?? 256, updates, lr: o.lr, icm: icm !== null };
+  const lossOn = o.lossOn ?? 'all';
+  if (!LOSS_TOKENS.includes(lossOn)) throw new RangeError(`grpo: lossOn must be one of ${LOSS_TOKENS.join(', ')}, got ${lossOn}`);
+  const settings = { seed: o.seed, steps: o.steps, group: G, batch: o.batch, K, kl: objective.beta, clip: objective.clip, temperature: o.temperature ?? 1, fixedLambda: o.fixedLambda ?? null, maxInspections: maxIns, maxNewTokens: o.maxNewTokens ?? 256, updates, lr: o.lr, icm: icm !== null, lossOn, lengthNorm };
   const params = [...model.parameterList(), ...(icm ? icm.parameterList() : [])];
   const opt = new AdamW(params, { lr: o.lr, weightDecay: 0, betas: [0.9, 0.95] });
   let last: GrpoStepInfo | null = null;
@@ -369,7 +443,9 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
     if (resumeStep !== null) {
       const savedSettings = JSON.parse(readFileSync(join(ckptDir, RUN_FILE), 'utf8')) as Record<string, unknown>;
       for (const [k, v] of Object.entries(settings)) {
-        if (JSON.stringify(savedSettings[k]) !== JSON.stringify(v)) throw new Error(`grpo resume: ${join(ckptDir, RUN_FILE)} has ${k} = ${JSON.stringify(savedSettings[k])}, this run ${JSON.stringify(v)} (use the same settings, or another run folder)`);
+        // Checkpoints written before these options existed ran with their defaults.
+        const before: Record<string, string> = { lossOn: 'all', lengthNorm: 'completion' };
+        if (JSON.stringify(savedSettings[k] ?? before[k]) !== JSON.stringify(v)) throw new Error(`grpo resume: ${join(ckptDir, RUN_FILE)} has ${k} = ${JSON.stringify(savedSettings[k])}, this run ${JSON.stringify(v)} (use the same settings, or another run folder)`);
       }
       await loadSftCheckpointInto(ckptDir, model);
       if (icm) {
@@ -385,7 +461,7 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
       truncateLog(logPath, start);
       log(`grpo: resuming from ${ckptDir} at step ${start}`);
     } else truncateLog(logPath, 0);
-    log(`grpo: ${what}, ${o.batch} prompts x ${G} completions per step, ${o.steps} steps, ${icm ? 'compressed candidates (ICM)' : 'full candidates'}, lambda ${o.fixedLambda ?? 'i / N_iter'}, beta ${objective.beta}, clip ${objective.clip}`);
+    log(`grpo: ${what}, ${o.batch} prompts x ${G} completions per step, ${o.steps} steps, ${icm ? 'compressed candidates (ICM)' : 'full candidates'}, lambda ${o.fixedLambda ?? 'i / N_iter'}, beta ${objective.beta}, clip ${objective.clip}, ${objective.lengthNorm === null ? 'each completion over its length' : `every completion over ${objective.lengthNorm} tokens`}${lossOn === 'all' ? '' : `, loss on ${lossOn} tokens only`}`);
 
     const schedule = constantSchedule(o.lr, o.warmupSteps ?? 0);
     const save = async (step: number) => {
@@ -430,7 +506,9 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
       const advantages = batchAdvantages(rewards, G);
 
       // 4. Reference log-probs (no graph), then the updates.
-      const forcing = { system: o.system, maxInspections: maxIns, prefixLength: prefix.length };
+      const forcing = { system: o.system, maxInspections: maxIns, prefixLength: prefix.length, lossOn };
+      const probeLooks = async () => Array.from(await tidyAsync(() => noGrad(() => lookProbabilities(model, prompts, { system: o.system, compress: policyCompress, maxInspections: maxIns })).toArray()));
+      const lookProbs = await probeLooks();
       const ref = keep(noGrad(() => tidy(() => completionLogProbs(reference, prompts, completions, { ...forcing, compress: referenceCompress }).logp)));
       let old: Tensor | null = null;
       const losses: number[] = [];
@@ -438,6 +516,7 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
       let kl = 0;
       let logpGap = 0;
       let lengths: number[] = [];
+      let kept: number[][] = [];
       try {
         const refHost = Array.from(await ref.toArray());
         let oldHost: number[] = [];
@@ -446,6 +525,7 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
           const loss = trainStep(params, opt, lr, o.gradClip ?? 1, () => {
             const tf = completionLogProbs(model, prompts, completions, { ...forcing, compress: policyCompress });
             lengths = tf.lengths;
+            kept = tf.kept;
             current = keep(noGrad(() => addScalar(tf.logp, 0)));
             if (!old) old = keep(noGrad(() => addScalar(tf.logp, 0)));
             return grpoLoss(tf.logp, old, ref, tf.lengths, advantages, objective);
@@ -465,7 +545,7 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
             let at = 0;
             completions.forEach((c, i) => {
               const gen = c.result.logProbs ?? [];
-              for (let t = 0; t < lengths[i]; t++) logpGap = Math.max(logpGap, Math.abs(gen[t] - cur[at + t]));
+              kept[i].forEach((k, t) => (logpGap = Math.max(logpGap, Math.abs(gen[k] - cur[at + t]))));
               at += lengths[i];
             });
           }
@@ -475,17 +555,23 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
         (old as Tensor | null)?.dispose();
       }
 
+      const lookProbsAfter = await probeLooks();
       const info: GrpoStepInfo = {
         step,
         steps: o.steps,
         rewards,
         looks: scored.map((s) => s.inspections),
         formats: scored.map((s) => s.format),
+        opened: completions.map((c) => (opensLook(c.result.tokens, model.tokenizer.specialIds) ? 1 : 0)),
         rewardMean: mean(rewards),
         rewardStd: Math.sqrt(mean(rewards.map((r) => (r - mean(rewards)) ** 2))),
         accuracy: mean(scored.map((s) => (s.correct ? 1 : 0))),
         formatRate: mean(scored.map((s) => s.format)),
         inspections: mean(scored.map((s) => s.inspections)),
+        lookProb: mean(lookProbs),
+        lookProbs,
+        lookProbsAfter,
+        lengths,
         completionLength: mean(completions.map((c) => c.result.tokens.length)),
         kl,
         clipFraction: mean(clipFractions),
@@ -529,7 +615,7 @@ function splitByLengths(lengths: readonly number[], advantages: readonly number[
 export function formatStep(s: GrpoStepInfo): string {
   return (
     `grpo ${s.step + 1}/${s.steps}  reward ${s.rewardMean.toFixed(3)} ± ${s.rewardStd.toFixed(3)}  acc ${s.accuracy.toFixed(2)}  format ${s.formatRate.toFixed(2)}` +
-    `  N_ins ${s.inspections.toFixed(2)}  len ${s.completionLength.toFixed(0)}  kl ${s.kl.toExponential(2)}  clip ${s.clipFraction.toFixed(3)}` +
+    `  N_ins ${s.inspections.toFixed(2)}  P(look) ${s.lookProb.toFixed(3)}  len ${s.completionLength.toFixed(0)}  kl ${s.kl.toExponential(2)}  clip ${s.clipFraction.toFixed(3)}` +
     `  lambda ${s.lambda.toFixed(3)}  loss ${s.loss.toFixed(4)}  lr ${s.lr.toExponential(1)}  ${s.seconds.toFixed(1)} s`
   );
 }
@@ -562,8 +648,23 @@ export async function loadGrpoData(dataDir: string, model: Mllm, firstStage?: Re
 //   npx tsx train/grpo.ts --ckpt <sft final dir> --out runs/<name> [--data data/emoji-mbeir]
 //     [--first-stage rankings.json] [--steps 200] [--group 4] [--batch 4] [--K 16] [--lr 1e-5]
 //     [--kl 0.04] [--clip 0.2] [--temperature 1] [--fixed-lambda 0.5] [--max-inspections 3]
-//     [--max-new-tokens 256] [--updates 1] [--save-every 20] [--seed 1] [--tasks 4,6] [--quiet]
+//     [--max-new-tokens 256] [--updates 1] [--save-every 20] [--seed 1] [--tasks 4,6]
+//     [--length-norm completion|constant] [--loss-on all|decision|rest] [--quiet]
 //   --tasks: train on those task ids' queries only (as the SFT stage's --tasks).
+//   --length-norm constant: Dr. GRPO's averaging (every completion over --max-new-tokens).
+//   --loss-on: a diagnostic; the loss on the token after <think> alone, or on all but it.
+
+function lengthNormArg(v: string | undefined): LengthNorm {
+  const t = LENGTH_NORMS.find((x) => x === v);
+  if (!t) throw new Error(`--length-norm must be one of ${LENGTH_NORMS.join(', ')}, got ${v}`);
+  return t;
+}
+
+function lossTokensArg(v: string | undefined): LossTokens {
+  const t = LOSS_TOKENS.find((x) => x === v);
+  if (!t) throw new Error(`--loss-on must be one of ${LOSS_TOKENS.join(', ')}, got ${v}`);
+  return t;
+}
 
 async function main(): Promise<void> {
   const { values: a } = parseArgs({
@@ -584,6 +685,8 @@ async function main(): Promise<void> {
       'max-inspections': { type: 'string', default: '3' },
       'max-new-tokens': { type: 'string', default: '256' },
       updates: { type: 'string', default: '1' },
+      'loss-on': { type: 'string', default: 'all' },
+      'length-norm': { type: 'string', default: 'completion' },
       'save-every': { type: 'string', default: '20' },
       seed: { type: 'string', default: '1' },
       tasks: { type: 'string' },
@@ -619,6 +722,8 @@ async function main(): Promise<void> {
     maxInspections: num('max-inspections', a['max-inspections'], 0),
     maxNewTokens: num('max-new-tokens', a['max-new-tokens'], 1),
     updates: num('updates', a.updates, 1),
+    lossOn: lossTokensArg(a['loss-on']),
+    lengthNorm: lengthNormArg(a['length-norm']),
     saveEvery: num('save-every', a['save-every'], 0),
     seed: num('seed', a.seed, 0),
   };

@@ -157,6 +157,11 @@ describe('evaluateCheckpoint', () => {
     for (const p of r.per_query) expect(p.candidate_tokens).toBe(20);
     // The rest of the prompt is the same with or without the ICM.
     expect(full.candidate_tokens_mean - r.candidate_tokens_mean).toBeCloseTo(full.prompt_tokens_mean - r.prompt_tokens_mean, 9);
+    // A forced start: every answer begins with it (one more token sampled after it).
+    const forced = await evaluateCheckpoint({ ...base(), K: 10, noIcm: true, firstStage: ranked, limit: 3, maxNewTokens: 1, prefix: '<think><inspection-index-start>' });
+    expect(forced.prefix).toBe('<think><inspection-index-start>');
+    expect(full.prefix).toBeNull();
+    for (const p of forced.per_query) expect(p.text.startsWith('<think><inspection-index-start>')).toBe(true);
   });
 
   it('wrong inputs give clear errors', async () => {
@@ -165,6 +170,8 @@ describe('evaluateCheckpoint', () => {
     await expect(evaluateCheckpoint({ ...base(), ckpt: join(dir, 'teach'), firstStage: given })).rejects.toThrow(/did you mean .*teach\/final/);
     await expect(evaluateCheckpoint({ ...base(), ckpt: join(dir, 'teach', 'final'), firstStage: given })).rejects.toThrow(/no ICM .*--no-icm/);
     await expect(evaluateCheckpoint({ ...base() })).rejects.toThrow(/give a first stage/);
+    await expect(evaluateCheckpoint({ ...base(), noIcm: true, firstStage: given, zeroShot: true, prefix: '<think>' })).rejects.toThrow(/prefix or zeroShot, not both/);
+    await expect(evaluateCheckpoint({ ...base(), noIcm: true, firstStage: given, prefix: '' })).rejects.toThrow(/prefix is empty/);
     const empty = join(dir, 'bad.jsonl');
     writeFileSync(empty, '{"qid": 1}\n');
     await expect(evaluateCheckpoint({ ...base(), queries: empty, noIcm: true, firstStage: given })).rejects.toThrow(/bad\.jsonl: no usable query .*bad\.jsonl:1:/);

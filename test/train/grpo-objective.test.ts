@@ -122,6 +122,13 @@ describe('per-token terms', () => {
     const w = tokenWeights([2, 1, 0], [2, -1, 5]);
     expect(Array.from(w.weight)).toEqual([0.25, 0.25, 0.5]);
     expect(Array.from(w.advantage)).toEqual([2, 2, -1]);
+    // lengthNorm M = 4 (Dr. GRPO): every completion's token sum over 4; kl and clip keep their means.
+    const d = grpoObjective(cs, { lengthNorm: 4 });
+    expect(d.loss).toBeCloseTo(((-2.4 + -2 + 0.04 * (1 - Math.LN2)) / 4 + 0.8 / 4) / 2, 12);
+    expect(d.kl).toBeCloseTo(v.kl, 12);
+    expect(d.clipFraction).toBeCloseTo(v.clipFraction, 12);
+    expect(Array.from(tokenWeights([2, 1, 0], [2, -1, 5], 4).weight)).toEqual([0.125, 0.125, 0.125]);
+    expect(() => tokenWeights([1], [1], 0)).toThrow(/lengthNorm must be/);
   });
 });
 
@@ -148,7 +155,7 @@ describe('GPU loss', () => {
   };
 
   it('equals the host reference on random inputs, and its gradient matches finite differences', async () => {
-    for (const [seed, o] of [[1, {}], [2, { clip: 0.3, beta: 0.1 }]] as const) {
+    for (const [seed, o] of [[1, {}], [2, { clip: 0.3, beta: 0.1 }], [3, { lengthNorm: 6 }]] as const) {
       const b = randomBatch(seed);
       const x = T.requireGrad(T.fromArray(Float32Array.from(b.logp), [b.N]));
       const loss = grpoLoss(x, b.old, b.ref, b.lengths, b.advantages, o);
@@ -185,7 +192,12 @@ describe('GPU loss', () => {
     // Loss value: -A (the surrogate at rho 1) plus 0.04 k3, averaged the same way.
     const want = ((-1.5 + 0.04 * k3(logp[0], ref[0]) - 1.5 + 0.04 * k3(logp[1], ref[1])) / 2 + 0.5) / 2;
     expectClose([await loss.item()], [want], 1e-6, 1e-5, 'loss at rho = 1');
-    for (const t of [x, loss]) t.dispose();
+    // With lengthNorm 8 every token weighs 1 / (8 C): the one-token completion no longer counts double.
+    const y = T.requireGrad(T.fromArray(Float32Array.from(logp), [3]));
+    const flat = grpoLoss(y, logp, ref, [2, 1], [1.5, -0.5], { lengthNorm: 8 });
+    T.backward(flat);
+    expectClose(Array.from(await y.grad!.toArray()), [d(0, 1.5) / 16, d(1, 1.5) / 16, d(2, -0.5) / 16], 1e-6, 1e-5, 'gradient at rho = 1, lengthNorm 8');
+    for (const t of [x, loss, y, flat]) t.dispose();
   });
 
   it('names the problem on mismatched inputs', () => {

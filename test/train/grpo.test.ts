@@ -14,7 +14,7 @@ import { type RerankResult, rerankGenerateBatch, traceLayout } from '../../model
 import { Mllm } from '../../model/mllm.ts';
 import { rerankParts } from '../../model/sequence.ts';
 import { candidateList } from '../../train/data/cot.ts';
-import { type GrpoPrompt, type GrpoStepInfo, completionLogProbs, grpoTrain, loadGrpoModels, makeGrpoPrompt, sampleSeed, scoreCompletion } from '../../train/grpo.ts';
+import { type GrpoPrompt, type GrpoStepInfo, completionLogProbs, grpoTrain, loadGrpoModels, lookProbabilities, lossTokenIndices, makeGrpoPrompt, opensLook, sampleSeed, scoreCompletion } from '../../train/grpo.ts';
 import { type SftExample, makeSftExample, sftTrain } from '../../train/sft.ts';
 import { expectClose } from '../helpers.ts';
 import { K, SYSTEM, attributes, bench, config, data, emojis, tok } from './reranker-fixture.ts';
@@ -104,6 +104,55 @@ describe('grpo sampling and teacher forcing', () => {
     }
   });
 
+  it('the loss can see the token after <think> alone or all but it; P(look) is the probability the sampler draws from', async () => {
+    expect(lossTokenIndices([sp.thinkStart, 7, 8], sp.thinkStart, 'decision')).toEqual([1]);
+    expect(lossTokenIndices([sp.thinkStart, 7, 8], sp.thinkStart, 'rest')).toEqual([0, 2]);
+    expect(lossTokenIndices([5, sp.thinkStart, 7], sp.thinkStart, 'decision')).toEqual([2]);
+    expect(lossTokenIndices([7, 8], sp.thinkStart, 'decision')).toEqual([]);
+    expect(lossTokenIndices([7, 8], sp.thinkStart, 'rest')).toEqual([0, 1]);
+    expect(lossTokenIndices([sp.thinkStart], sp.thinkStart, 'decision')).toEqual([]);
+    expect(lossTokenIndices([sp.thinkStart, 7], sp.thinkStart, 'all')).toEqual([0, 1]);
+    expect(opensLook([sp.thinkStart, sp.inspectStart, 7], sp)).toBe(true);
+    expect(opensLook([sp.thinkStart, 7, sp.inspectStart], sp)).toBe(false);
+    expect(opensLook([7, sp.thinkStart, sp.inspectStart], sp)).toBe(true);
+    expect(opensLook([sp.inspectStart], sp)).toBe(false);
+
+    const { model } = await load(sftDir);
+    const ps = prompts(2, 0);
+    const G = 3;
+    const results = await T.tidyAsync(() => rerankGenerateBatch(model, ps.flatMap((p) => Array.from({ length: G }, () => ({ query: p.query, candidates: p.candidates }))), { maxNewTokens: 24, temperature: 1, seed: sampleSeed(1, 0), maxInspections: 3, system: SYSTEM, returnLogProbs: true }));
+    const completions = results.map((result, i) => ({ prompt: Math.floor(i / G), result }));
+    const forced = async (lossOn: 'all' | 'decision' | 'rest') =>
+      T.tidyAsync(async () => {
+        const tf = T.noGrad(() => completionLogProbs(model, ps, completions, { system: SYSTEM, maxInspections: 3, lossOn }));
+        return { logp: Array.from(await tf.logp.toArray()), lengths: tf.lengths, kept: tf.kept };
+      });
+    const all = await forced('all');
+    for (const on of ['decision', 'rest'] as const) {
+      const part = await forced(on);
+      let at = 0;
+      let from = 0;
+      completions.forEach((c, i) => {
+        expect(part.kept[i]).toEqual(lossTokenIndices(c.result.tokens, sp.thinkStart, on));
+        expect(part.lengths[i]).toBe(part.kept[i].length);
+        const whole = all.logp.slice(from, from + all.lengths[i]);
+        expectClose(part.logp.slice(at, at + part.lengths[i]), part.kept[i].map((k) => whole[k]), 1e-5, 1e-5, `${on}: completion ${i}`);
+        at += part.lengths[i];
+        from += all.lengths[i];
+      });
+    }
+    expect(completions.every((c) => c.result.tokens[0] === sp.thinkStart)).toBe(true);
+
+    // P(look) against the log-softmax of a plain forward of the prompt and <think>.
+    const probe = Array.from(await T.tidyAsync(() => T.noGrad(() => lookProbabilities(model, ps, { system: SYSTEM, maxInspections: 3 })).toArray()));
+    const V = tok.vocabSize;
+    for (const [i, p] of ps.entries()) {
+      const lay = traceLayout(model, rerankParts(p.query, p.candidates, { system: SYSTEM }), p.candidates, [sp.thinkStart], 3).layout;
+      const ls = (await T.tidyAsync(async () => T.noGrad(() => T.logSoftmax(model.forward([lay]).logits)).toArray())) as Float32Array;
+      expect(Math.log(probe[i])).toBeCloseTo(ls[(lay.length - 1) * V + sp.inspectStart], 4);
+    }
+  });
+
   it('scores a completion with the curriculum reward', () => {
     const p: GrpoPrompt = { ...prompts(1, 0)[0], correct: [2] };
     const enc = (s: string) => tok.encode(s);
@@ -178,6 +227,18 @@ describe('grpo runs', () => {
       expect(st.inspections).toBeCloseTo(looks.reduce((x, y) => x + y, 0) / 8, 10);
       expect(st.formatRate).toBeCloseTo(formats.reduce((x, y) => x + y, 0) / 8, 10);
       st.rewards.forEach((x, j) => expect(Math.min(Math.abs(x - formats[j]), Math.abs(x - (formats[j] + 1 - (st.lambda * looks[j]) / K)))).toBeLessThan(1e-12));
+      // No forced prefix: every sampled token is in the loss.
+      expect(st.lengths).toHaveLength(8);
+      expect(st.completionLength).toBeCloseTo(st.lengths.reduce((x, y) => x + y, 0) / 8, 10);
+      // P(look) per prompt before and after the update: probabilities, and the update moves them.
+      for (const ps of [st.lookProbs, st.lookProbsAfter]) {
+        expect(ps).toHaveLength(2);
+        for (const q of ps) expect(q > 0 && q < 1).toBe(true);
+      }
+      expect(st.opened).toHaveLength(8);
+      for (const o of st.opened) expect([0, 1]).toContain(o);
+      expect(st.lookProb).toBeCloseTo((st.lookProbs[0] + st.lookProbs[1]) / 2, 10);
+      expect(Math.max(...st.lookProbs.map((q, j) => Math.abs(q - st.lookProbsAfter[j])))).toBeGreaterThan(1e-7);
     }
     const lines = logLines(join(dir, 'seeded-0'));
     expect(lines.map((l) => l.step)).toEqual([0, 1]);

@@ -52,6 +52,11 @@ export interface EvaluateOptions {
   noInspect?: boolean;
   /** A base model reranking zero-shot: the assistant turn is forced to start with <think>. */
   zeroShot?: boolean;
+  /**
+   * The assistant turn is forced to start with this text (special tokens written out, e.g.
+   * `<think><inspection-index-start>`): to measure one decision path of a trained model.
+   */
+  prefix?: string;
   /** First stage: a retriever checkpoint folder ... */
   retriever?: string;
   /** ... or rankings per qid, best first (at least K deep). */
@@ -116,6 +121,8 @@ export interface EvaluationResult {
   no_icm: boolean;
   no_inspect: boolean;
   zero_shot: boolean;
+  /** The forced start of every answer (evaluate option prefix), or null. */
+  prefix: string | null;
   limit: number | null;
   /** The task ids kept (null: every task). */
   tasks: number[] | null;
@@ -380,7 +387,10 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<Evaluation
     if (icmDir !== null) icm = await loadIcmFor(icmDir, model, 'icm');
     const v = model.config.vision;
     const images = new ImageStore({ root: o.imageRoot, patchSize: v.patchSize, mergeSize: v.mergeSize, size: model.config.imageSize });
-    log(`evaluate: ${queries.length} queries, K ${K}, ${icm ? 'ICM' : 'full candidate tokens'}, ${o.noInspect ? 'no inspection' : 'inspection on'}${o.zeroShot ? ', zero-shot (<think> forced)' : ''}`);
+    if (o.zeroShot && o.prefix !== undefined) throw new Error('evaluate: zeroShot forces <think> already; give a prefix or zeroShot, not both');
+    const prefix = o.zeroShot ? [model.tokenizer.specialIds.thinkStart] : o.prefix !== undefined ? model.tokenizer.encode(o.prefix) : undefined;
+    if (prefix && !prefix.length) throw new Error('evaluate: the prefix is empty');
+    log(`evaluate: ${queries.length} queries, K ${K}, ${icm ? 'ICM' : 'full candidate tokens'}, ${o.noInspect ? 'no inspection' : 'inspection on'}${o.zeroShot ? ', zero-shot (<think> forced)' : ''}${o.prefix !== undefined ? `, forced start ${JSON.stringify(o.prefix)}` : ''}`);
     const r = await evaluateRerank({
       model,
       queries,
@@ -393,7 +403,7 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<Evaluation
       maxNewTokens: o.maxNewTokens,
       batch: o.batch,
       system: o.system,
-      prefix: o.zeroShot ? [model.tokenizer.specialIds.thinkStart] : undefined,
+      prefix,
       onProgress: (d, t) => o.onProgress?.('rerank', d, t),
     });
     const result: EvaluationResult = {
@@ -407,6 +417,7 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<Evaluation
       no_icm: !icm,
       no_inspect: !!o.noInspect,
       zero_shot: !!o.zeroShot,
+      prefix: o.prefix ?? null,
       limit: o.limit ?? null,
       tasks: o.tasks ? [...o.tasks] : null,
       first_stage_pools: pools,
