@@ -396,6 +396,8 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
   const G = o.group;
   const maxIns = o.maxInspections ?? 3;
   const updates = o.updates ?? 1;
+  const lossOn = o.lossOn ?? 'all';
+  if (!LOSS_TOKENS.includes(lossOn)) throw new RangeError(`grpo: lossOn must be one of ${LOSS_TOKENS.join(', ')}, got ${lossOn}`);
   const lengthNorm = o.lengthNorm ?? 'completion';
   if (!LENGTH_NORMS.includes(lengthNorm)) throw new RangeError(`grpo: lengthNorm must be one of ${LENGTH_NORMS.join(', ')}, got ${lengthNorm}`);
   const objective = { clip: o.clip ?? DEFAULT_CLIP, beta: o.kl ?? DEFAULT_KL_BETA, lengthNorm: lengthNorm === 'constant' ? (o.maxNewTokens ?? 256) : null };
@@ -431,8 +433,6 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
   const ckptDir = join(o.runDir, 'checkpoint');
   const logPath = join(o.runDir, 'log.jsonl');
   mkdirSync(o.runDir, { recursive: true });
-  const lossOn = o.lossOn ?? 'all';
-  if (!LOSS_TOKENS.includes(lossOn)) throw new RangeError(`grpo: lossOn must be one of ${LOSS_TOKENS.join(', ')}, got ${lossOn}`);
   const settings = { seed: o.seed, steps: o.steps, group: G, batch: o.batch, K, kl: objective.beta, clip: objective.clip, temperature: o.temperature ?? 1, fixedLambda: o.fixedLambda ?? null, maxInspections: maxIns, maxNewTokens: o.maxNewTokens ?? 256, updates, lr: o.lr, icm: icm !== null, lossOn, lengthNorm };
   const params = [...model.parameterList(), ...(icm ? icm.parameterList() : [])];
   const opt = new AdamW(params, { lr: o.lr, weightDecay: 0, betas: [0.9, 0.95] });

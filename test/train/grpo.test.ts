@@ -248,6 +248,14 @@ describe('grpo runs', () => {
     expect(existsSync(join(dir, 'seeded-0', 'final', 'model.safetensors'))).toBe(true);
   });
 
+  it('names a wrong lossOn or lengthNorm before any work', async () => {
+    const m = await load(sftDir);
+    const bad = { ...base, model: m.model, reference: m.reference, steps: 1, seed: 1, runDir: join(dir, 'bad') };
+    await expect(grpoTrain({ ...bad, lossOn: 'first' as never })).rejects.toThrow(/lossOn must be one of all, decision, rest, got first/);
+    await expect(grpoTrain({ ...bad, lengthNorm: 'batch' as never })).rejects.toThrow(/lengthNorm must be one of completion, constant, got batch/);
+    expect(existsSync(join(dir, 'bad'))).toBe(false);
+  });
+
   it('a run stopped after step 1 and resumed logs the same step-2 line; the ICM trains with the policy', async () => {
     const opts = { ...base, steps: 2, seed: 3, saveEvery: 1, updates: 2, fixedLambda: 0.5 };
     const ref = await load(icmDir);
