@@ -42,7 +42,7 @@ import { type RetrieverBatching, RETRIEVER_BATCHINGS, benchmarkTripleSource, key
 import { alignIcm } from './align.ts';
 import { runSftStage } from './sft-stage.ts';
 import { DECISION_TOKENS, type DecisionTokens } from './sft.ts';
-import { grpoTrain, loadGrpoData, loadGrpoModels } from './grpo.ts';
+import { LENGTH_NORMS, type LengthNorm, grpoTrain, loadGrpoData, loadGrpoModels } from './grpo.ts';
 import { type Progress, withProgress } from './progress.ts';
 import { writePipelineReport } from './pipeline-report.ts';
 import { crossFitRankings, readRankings, trainingRankings, writeRankings } from './training-rankings.ts';
@@ -117,7 +117,8 @@ export interface PipelineConfig {
    * the training queries, in its order (as PointingPhase.firstStage).
    */
   sft: { steps: number; batch: number; lr: number; traceStyle: TraceStyle; kStart: number; easyShare: number; tasks: number[] | null; answerShare: number; decisionTokens: DecisionTokens; firstStage: boolean };
-  grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number };
+  /** GRPO; lengthNorm: each completion averaged over its own tokens (`completion`, the paper's) or over maxNewTokens (`constant`, Dr. GRPO; train/grpo-objective.ts). */
+  grpo: { steps: number; batch: number; group: number; lr: number; maxNewTokens: number; fixedLambda: number; lengthNorm: LengthNorm };
   /**
    * Reranking evaluation: candidates per query, test queries (spread over the tasks), the
    * generation budget, and tasks: the test queries of these task ids only (null = every
@@ -175,7 +176,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     align: { steps: 60, batch: 4, lr: 1e-3, centre: false },
     pointing: [],
     sft: { steps: 120, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 16, easyShare: 0, tasks: null, answerShare: 0, decisionTokens: 'answer', firstStage: false },
-    grpo: { steps: 4, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 384, fixedLambda: 0.5 },
+    grpo: { steps: 4, batch: 2, group: 4, lr: 5e-5, maxNewTokens: 384, fixedLambda: 0.5, lengthNorm: 'completion' },
     eval: { K: 16, limit: 12, maxNewTokens: 384, tasks: null },
     ablations: false,
   },
@@ -191,7 +192,7 @@ export const PIPELINE_CONFIGS: Record<string, PipelineConfig> = {
     align: { steps: 40, batch: 8, lr: 1e-3, centre: true },
     pointing: [],
     sft: { steps: 60, batch: 8, lr: 1e-3, traceStyle: 'brief', kStart: 4, easyShare: 0.5, tasks: null, answerShare: 0, decisionTokens: 'answer', firstStage: false },
-    grpo: { steps: 4, batch: 2, group: 4, lr: 2e-5, maxNewTokens: 384, fixedLambda: 0.5 },
+    grpo: { steps: 4, batch: 2, group: 4, lr: 2e-5, maxNewTokens: 384, fixedLambda: 0.5, lengthNorm: 'completion' },
     eval: { K: 16, limit: 30, maxNewTokens: 384, tasks: null },
     ablations: false,
   },
@@ -299,6 +300,7 @@ export function loadPipelineConfig(nameOrFile: string): PipelineConfig {
   if (!DECISION_TOKENS.includes(cfg.sft.decisionTokens)) throw new Error(`${nameOrFile}.sft.decisionTokens: '${cfg.sft.decisionTokens}' is not one of ${DECISION_TOKENS.join(', ')}`);
   if (!(cfg.sft.answerShare >= 0 && cfg.sft.answerShare < 1)) throw new Error(`${nameOrFile}.sft.answerShare: ${cfg.sft.answerShare} must be a number from 0 (none) to below 1`);
   if (!(cfg.sft.easyShare >= 0 && cfg.sft.easyShare <= 1)) throw new Error(`${nameOrFile}.sft.easyShare: ${cfg.sft.easyShare} must be a number from 0 to 1`);
+  if (!LENGTH_NORMS.includes(cfg.grpo.lengthNorm)) throw new Error(`${nameOrFile}.grpo.lengthNorm: '${cfg.grpo.lengthNorm}' is not one of ${LENGTH_NORMS.join(', ')}`);
   checkTasks(cfg.sft.tasks, `${nameOrFile}.sft.tasks`);
   checkTasks(cfg.eval.tasks, `${nameOrFile}.eval.tasks`);
   if (!Array.isArray(cfg.pointing)) throw new Error(`${nameOrFile}.pointing: expected a list of phases ([] for none)`);
@@ -638,6 +640,7 @@ export async function runPipeline(o: PipelineOptions): Promise<void> {
           group: c.grpo.group,
           lr: c.grpo.lr,
           maxNewTokens: c.grpo.maxNewTokens,
+          lengthNorm: c.grpo.lengthNorm,
           K: c.eval.K,
           seed: c.seed,
           saveEvery: 2,

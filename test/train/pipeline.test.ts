@@ -80,6 +80,10 @@ describe('pipeline config', () => {
     expect(() => loadPipelineConfig(f)).toThrow(/firstStage.crossFit: 1 must be 0 \(rank with the retriever itself\) or a number of folds from 2/);
     writeFileSync(f, JSON.stringify({ sft: { decisionTokens: 'index' } }));
     expect(() => loadPipelineConfig(f)).toThrow(/sft.decisionTokens: 'index' is not one of digits, answer/);
+    writeFileSync(f, JSON.stringify({ grpo: { lengthNorm: 'batch' } }));
+    expect(() => loadPipelineConfig(f)).toThrow(/grpo.lengthNorm: 'batch' is not one of completion, constant/);
+    writeFileSync(f, JSON.stringify({ grpo: { lengthNorm: 'constant' } }));
+    expect(loadPipelineConfig(f).grpo.lengthNorm).toBe('constant');
     writeFileSync(f, JSON.stringify({ sft: { firstStage: 1 } }));
     expect(() => loadPipelineConfig(f)).toThrow(/sft.firstStage: expected a boolean/);
     writeFileSync(f, JSON.stringify({ eval: { tasks: ['4'] } }));
@@ -106,7 +110,7 @@ describe('pipeline end to end', () => {
         { steps: 1, batch: 2, lr: 3e-3, K: 4, easyShare: 0, tasks: [4, 6], firstStage: true },
       ],
       sft: { steps: 2, batch: 2, lr: 1e-3, traceStyle: 'pointed', kStart: 2, easyShare: 0.5, tasks: [4, 6], answerShare: 0.5, decisionTokens: 'digits', firstStage: true },
-      grpo: { steps: 1, batch: 1, group: 2, lr: 1e-5, maxNewTokens: 12, fixedLambda: 0.5 },
+      grpo: { steps: 1, batch: 1, group: 2, lr: 1e-5, maxNewTokens: 12, fixedLambda: 0.5, lengthNorm: 'constant' },
       eval: { K: 4, limit: 2, maxNewTokens: 12, tasks: [4, 6] },
       ablations: false,
     };
@@ -138,8 +142,9 @@ describe('pipeline end to end', () => {
     expect(record(join(s.pointing, 'phase-1'))).toMatchObject({ trace_style: 'answer', K: 2, easy_share: 1, tasks: [4], max_inspections: 0 });
     expect(record(join(s.pointing, 'phase-1'))).toMatchObject({ first_stage: null });
     expect(record(join(s.pointing, 'phase-2'))).toMatchObject({ trace_style: 'answer', K: 4, tasks: [4, 6], base: join(s.pointing, 'phase-1', 'final'), first_stage: resolve(s.trainRankings) });
-    // GRPO draws the same kind of lists as SFT.
+    // GRPO draws the same kind of lists as SFT, and averages as the config says.
     expect(lines.some((l) => /^grpo: .*first-stage top-K in order/.test(l))).toBe(true);
+    expect(lines.some((l) => /^grpo: .*every completion over 12 tokens/.test(l))).toBe(true);
     // The rankings of the training queries: every one of them, ranked against train-split candidates only.
     const trainRankings = readRankings(s.trainRankings);
     const bench = await loadBenchmark(config.data);
