@@ -11,21 +11,8 @@
 # RUN_SECONDS: the whole script's budget (default 480). For a dry run elsewhere, in a copy
 # of the tree without node_modules: GPU_BOOT=0 GRPO_STEPS=2.
 set -uo pipefail
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-begin=$(date +%s)
 budget=${RUN_SECONDS:-480}
-log="$OUT/log.txt"
-say() { echo "== $* (t+$(($(date +%s) - begin)) s)" | tee -a "$log"; }
-left() { echo $((begin + budget - $(date +%s))); }
-
-[ "${GPU_BOOT:-1}" = 1 ] && source .gpu/boot.sh
-[ -d node_modules/webgpu ] || tar -xJf .gpu/nm-train.tar.xz
-tar -xJf .gpu/probe.tar.xz
-export RETRV_TUNING_CACHE=$PWD/runs/gpu/tuning.json
-mkdir -p runs/gpu
-say "adapter"
-timeout 60 node --import tsx bin/retrv.ts doctor 2>&1 | tee -a "$log"
+source scripts/gpu-run-start.sh
 
 # The spec fills args (train/grpo.ts flags per run) and ckpt (each run's start).
 declare -A args ckpt

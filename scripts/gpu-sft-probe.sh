@@ -11,21 +11,8 @@
 # evaluation. For a dry run elsewhere: GPU_BOOT=0 PROBE_TESTS=0 CALIB_STEPS=3 EVAL_LIMIT=5,
 # in a copy of the tree (it unpacks the shrunk images into node_modules).
 set -uo pipefail
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-begin=$(date +%s)
 budget=${PROBE_SECONDS:-520}
-log="$OUT/log.txt"
-say() { echo "== $* (t+$(($(date +%s) - begin)) s)" | tee -a "$log"; }
-left() { echo $((begin + budget - $(date +%s))); }
-
-[ "${GPU_BOOT:-1}" = 1 ] && source .gpu/boot.sh
-[ -d node_modules/webgpu ] || tar -xJf .gpu/nm-train.tar.xz
-tar -xJf .gpu/probe.tar.xz
-export RETRV_TUNING_CACHE=$PWD/runs/gpu/tuning.json
-mkdir -p runs/gpu
-say "adapter"
-timeout 60 node --import tsx bin/retrv.ts doctor 2>&1 | tee -a "$log"
+source scripts/gpu-run-start.sh
 
 # The test suite on this adapter, beside the runs (one worker; it shares the cores).
 tests_pid=none
