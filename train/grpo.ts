@@ -38,9 +38,10 @@
 // reward, N_ins, r_format, loss length and whether it opened a look right after <think>;
 // and each prompt's exact P(look) there before and after the step); every saveEvery steps
 // runDir/checkpoint holds the policy, the ICM, the optimizer moments, the step and the
-// run's settings (written to a temp folder, then swapped in). All randomness derives from (seed, step), so resuming from the
-// checkpoint replays the remaining steps exactly; the log's lines past the checkpoint are
-// dropped on resume. runDir/final holds the trained policy (and ICM).
+// run's settings (written to a temp folder, then swapped in). All randomness derives from
+// (seed, step), so resuming from the checkpoint replays the remaining steps exactly; the
+// log's lines past the checkpoint are dropped on resume. runDir/final holds the trained
+// policy (and ICM).
 import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -292,7 +293,7 @@ export function completionLogProbs(
     const at: number[] = [];
     tl.traceMask.forEach((m, t) => m && at.push(t));
     if (at.length !== c.result.tokens.length) throw new Error(`grpo: completion ${b} has ${c.result.tokens.length} tokens but its replay holds ${at.length}`);
-    const keep = lossTokenIndices(c.result.tokens.slice(skip), think, o.lossOn ?? 'all');
+    const keep = lossTokenIndices(c.result.tokens, skip, think, o.lossOn ?? 'all');
     for (const k of keep) {
       const t = at[skip + k];
       rows.push({ seq: b, at: t - 1 }); // position t - 1 predicts the token at t
@@ -318,16 +319,21 @@ export function completionLogProbs(
  * or the updates on the tokens around it move the decision.
  */
 export type LossTokens = 'all' | 'decision' | 'rest';
-export type LengthNorm = 'completion' | 'constant';
-export const LENGTH_NORMS: readonly LengthNorm[] = ['completion', 'constant'];
 export const LOSS_TOKENS: readonly LossTokens[] = ['all', 'decision', 'rest'];
 
-/** Indices into `sampled` the loss keeps (see LossTokens). */
-export function lossTokenIndices(sampled: readonly number[], think: number, on: LossTokens): number[] {
-  const all = sampled.map((_, i) => i);
+/** How each completion's token terms are averaged (GrpoOptions.lengthNorm). */
+export type LengthNorm = 'completion' | 'constant';
+export const LENGTH_NORMS: readonly LengthNorm[] = ['completion', 'constant'];
+
+/**
+ * Indices into a completion's sampled tokens (`tokens` less its `skip` forced ones) that
+ * the loss keeps (see LossTokens); the `<think>` may be forced or sampled.
+ */
+export function lossTokenIndices(tokens: readonly number[], skip: number, think: number, on: LossTokens): number[] {
+  const all = tokens.slice(skip).map((_, i) => i);
   if (on === 'all') return all;
-  const t = sampled.indexOf(think);
-  const decision = t >= 0 && t + 1 < sampled.length ? t + 1 : -1;
+  const t = tokens.indexOf(think);
+  const decision = t >= 0 && t + 1 < tokens.length && t + 1 >= skip ? t + 1 - skip : -1;
   return on === 'decision' ? (decision < 0 ? [] : [decision]) : all.filter((i) => i !== decision);
 }
 

@@ -105,13 +105,18 @@ describe('grpo sampling and teacher forcing', () => {
   });
 
   it('the loss can see the token after <think> alone or all but it; P(look) is the probability the sampler draws from', async () => {
-    expect(lossTokenIndices([sp.thinkStart, 7, 8], sp.thinkStart, 'decision')).toEqual([1]);
-    expect(lossTokenIndices([sp.thinkStart, 7, 8], sp.thinkStart, 'rest')).toEqual([0, 2]);
-    expect(lossTokenIndices([5, sp.thinkStart, 7], sp.thinkStart, 'decision')).toEqual([2]);
-    expect(lossTokenIndices([7, 8], sp.thinkStart, 'decision')).toEqual([]);
-    expect(lossTokenIndices([7, 8], sp.thinkStart, 'rest')).toEqual([0, 1]);
-    expect(lossTokenIndices([sp.thinkStart], sp.thinkStart, 'decision')).toEqual([]);
-    expect(lossTokenIndices([sp.thinkStart, 7], sp.thinkStart, 'all')).toEqual([0, 1]);
+    const th = sp.thinkStart;
+    expect(lossTokenIndices([th, 7, 8], 0, th, 'decision')).toEqual([1]);
+    expect(lossTokenIndices([th, 7, 8], 0, th, 'rest')).toEqual([0, 2]);
+    expect(lossTokenIndices([5, th, 7], 0, th, 'decision')).toEqual([2]);
+    expect(lossTokenIndices([7, 8], 0, th, 'decision')).toEqual([]);
+    expect(lossTokenIndices([7, 8], 0, th, 'rest')).toEqual([0, 1]);
+    expect(lossTokenIndices([th], 0, th, 'decision')).toEqual([]);
+    expect(lossTokenIndices([th, 7], 0, th, 'all')).toEqual([0, 1]);
+    // A forced <think> (skip 1): the decision is the first sampled token.
+    expect(lossTokenIndices([th, 7, 8], 1, th, 'decision')).toEqual([0]);
+    expect(lossTokenIndices([th, 7, 8], 1, th, 'rest')).toEqual([1]);
+    expect(lossTokenIndices([th, 7, 8], 1, th, 'all')).toEqual([0, 1]);
     expect(opensLook([sp.thinkStart, sp.inspectStart, 7], sp)).toBe(true);
     expect(opensLook([sp.thinkStart, 7, sp.inspectStart], sp)).toBe(false);
     expect(opensLook([7, sp.thinkStart, sp.inspectStart], sp)).toBe(true);
@@ -133,7 +138,7 @@ describe('grpo sampling and teacher forcing', () => {
       let at = 0;
       let from = 0;
       completions.forEach((c, i) => {
-        expect(part.kept[i]).toEqual(lossTokenIndices(c.result.tokens, sp.thinkStart, on));
+        expect(part.kept[i]).toEqual(lossTokenIndices(c.result.tokens, 0, sp.thinkStart, on));
         expect(part.lengths[i]).toBe(part.kept[i].length);
         const whole = all.logp.slice(from, from + all.lengths[i]);
         expectClose(part.logp.slice(at, at + part.lengths[i]), part.kept[i].map((k) => whole[k]), 1e-5, 1e-5, `${on}: completion ${i}`);
