@@ -27,8 +27,9 @@
 //   divided by the constant M instead of its own length. With 1 / L, a token of a short
 //   completion weighs more than the same token in a long one, so among completions with
 //   the same advantage the shorter gets the larger push: on our verify traces a look makes
-//   a completion longer, and that alone moves the decision after <think> away from
-//   looking even when the looks earn more reward (README, "Why GRPO stops looking").
+//   a completion longer (and a broken one without a look is longer still), which pushes
+//   the decision after <think> away from looking even in steps where looks earn more
+//   reward (README, "Why GRPO stops looking").
 //
 // Logged figures, per completion over its own tokens, then over completions (whatever the
 // loss's lengthNorm):
