@@ -448,9 +448,9 @@ export async function grpoTrain(o: GrpoOptions): Promise<{ model: Mllm; icm: Icm
     const start = resumeStep ?? 0;
     if (resumeStep !== null) {
       const savedSettings = JSON.parse(readFileSync(join(ckptDir, RUN_FILE), 'utf8')) as Record<string, unknown>;
+      // Checkpoints written before these options existed ran with their defaults.
+      const before: Record<string, string> = { lossOn: 'all', lengthNorm: 'completion' };
       for (const [k, v] of Object.entries(settings)) {
-        // Checkpoints written before these options existed ran with their defaults.
-        const before: Record<string, string> = { lossOn: 'all', lengthNorm: 'completion' };
         if (JSON.stringify(savedSettings[k] ?? before[k]) !== JSON.stringify(v)) throw new Error(`grpo resume: ${join(ckptDir, RUN_FILE)} has ${k} = ${JSON.stringify(savedSettings[k])}, this run ${JSON.stringify(v)} (use the same settings, or another run folder)`);
       }
       await loadSftCheckpointInto(ckptDir, model);

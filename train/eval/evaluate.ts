@@ -343,6 +343,8 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<Evaluation
   const K = o.K ?? 16;
   if (!Number.isInteger(K) || K < 1) throw new RangeError(`evaluate: K must be a positive integer, got ${K}`);
   if (!o.retriever && !o.firstStage) throw new Error('evaluate: give a first stage: a retriever checkpoint folder or a ranking per query');
+  if (o.zeroShot && o.prefix !== undefined) throw new Error('evaluate: zeroShot forces <think> already; give a prefix or zeroShot, not both');
+  if (o.prefix === '') throw new Error('evaluate: the prefix is empty');
   checkMllmFolder(o.ckpt, 'ckpt');
   const icmDir = o.noIcm ? null : (o.icm ?? o.ckpt);
   if (icmDir !== null && !Icm.exists(icmDir)) {
@@ -387,9 +389,7 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<Evaluation
     if (icmDir !== null) icm = await loadIcmFor(icmDir, model, 'icm');
     const v = model.config.vision;
     const images = new ImageStore({ root: o.imageRoot, patchSize: v.patchSize, mergeSize: v.mergeSize, size: model.config.imageSize });
-    if (o.zeroShot && o.prefix !== undefined) throw new Error('evaluate: zeroShot forces <think> already; give a prefix or zeroShot, not both');
     const prefix = o.zeroShot ? [model.tokenizer.specialIds.thinkStart] : o.prefix !== undefined ? model.tokenizer.encode(o.prefix) : undefined;
-    if (prefix && !prefix.length) throw new Error('evaluate: the prefix is empty');
     log(`evaluate: ${queries.length} queries, K ${K}, ${icm ? 'ICM' : 'full candidate tokens'}, ${o.noInspect ? 'no inspection' : 'inspection on'}${o.zeroShot ? ', zero-shot (<think> forced)' : ''}${o.prefix !== undefined ? `, forced start ${JSON.stringify(o.prefix)}` : ''}`);
     const r = await evaluateRerank({
       model,
